@@ -1,0 +1,405 @@
+//! Command line and environment. Every flag has `env = "SPANSINK_..."`; invalid
+//! values fail at start with a message that names the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(name = "spansink", version = crate::VERSION, about = "OpenTelemetry traces from Kafka into PostgreSQL, exactly once")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume OTLP from Kafka and store it in PostgreSQL (the production consumer).
+    Run(RunArgs),
+    /// Apply the schema migrations and create the upcoming daily partitions.
+    Migrate(MigrateArgs),
+    /// Produce realistic synthetic OTLP trace traffic to a Kafka broker.
+    Loadgen(crate::cmd::loadgen::LoadgenArgs),
+    /// Start an embedded Kafka, produce traffic, ingest it into PostgreSQL and report.
+    Demo(crate::cmd::demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "SPANSINK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, global = true, env = "SPANSINK_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The PostgreSQL URL: `SPANSINK_DATABASE_URL`, else the conventional `DATABASE_URL`,
+/// else the local server.
+pub fn default_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL (falls back to DATABASE_URL).
+    #[arg(long, env = "SPANSINK_DATABASE_URL", default_value_t = default_database_url())]
+    pub database_url: String,
+    /// Maximum PostgreSQL connections in the pool.
+    #[arg(long, env = "SPANSINK_PG_POOL_SIZE", default_value_t = 16)]
+    pub pg_pool_size: usize,
+    /// How long a batch waits for a pooled connection before that counts as a transient failure.
+    #[arg(long, env = "SPANSINK_PG_POOL_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub pg_pool_timeout: Duration,
+    /// statement_timeout for every spansink statement (0 disables).
+    #[arg(long, env = "SPANSINK_PG_STATEMENT_TIMEOUT", value_parser = parse_duration, default_value = "120s")]
+    pub pg_statement_timeout: Duration,
+    /// Days of partitions created ahead of today, besides those created on demand.
+    #[arg(long, env = "SPANSINK_PARTITIONS_AHEAD_DAYS", default_value_t = 2)]
+    pub partitions_ahead_days: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Encoding {
+    #[value(name = "otlp_proto")]
+    OtlpProto,
+    #[value(name = "otlp_json")]
+    OtlpJson,
+}
+
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::OtlpProto => "otlp_proto",
+            Encoding::OtlpJson => "otlp_json",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Encoding> {
+        match s {
+            "otlp_proto" => Some(Encoding::OtlpProto),
+            "otlp_json" => Some(Encoding::OtlpJson),
+            _ => None,
+        }
+    }
+}
+
+/// A topic and the encoding its producers use: `NAME` or `NAME:ENCODING`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub encoding: Encoding,
+}
+
+fn parse_topic_spec(s: &str) -> std::result::Result<TopicSpec, String> {
+    let (name, encoding) = match s.rsplit_once(':') {
+        Some((n, e)) => (
+            n,
+            Encoding::parse(e)
+                .ok_or_else(|| format!("unknown encoding {e:?}: use otlp_proto or otlp_json"))?,
+        ),
+        None => (s, Encoding::OtlpProto),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !valid {
+        return Err(format!("{name:?} is not a valid Kafka topic name"));
+    }
+    Ok(TopicSpec {
+        name: name.to_string(),
+        encoding,
+    })
+}
+
+/// One `--kafka key=value` pass-through setting for librdkafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSetting {
+    pub key: String,
+    pub value: String,
+}
+
+fn parse_kafka_setting(s: &str) -> std::result::Result<KafkaSetting, String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    let key = k.trim();
+    if key.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok(KafkaSetting {
+        key: key.to_string(),
+        value: v.to_string(),
+    })
+}
+
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 30s, 7d)"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "SPANSINK_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// A librdkafka setting passed through, such as security.protocol, sasl.* or ssl.*.
+    /// Repeatable; in the environment, separate several with ';'.
+    #[arg(long = "kafka", env = "SPANSINK_KAFKA", value_name = "KEY=VALUE", value_parser = parse_kafka_setting, value_delimiter = ';')]
+    pub kafka: Vec<KafkaSetting>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Trace topics to consume, as NAME or NAME:ENCODING (otlp_proto, otlp_json). Repeatable.
+    #[arg(long = "traces-topic", env = "SPANSINK_TRACES_TOPICS", value_parser = parse_topic_spec, value_delimiter = ',', default_value = "otlp_spans:otlp_proto")]
+    pub traces_topics: Vec<TopicSpec>,
+    /// Consumer group id; also the key of this pipeline's rows in ingest_offsets.
+    #[arg(long, env = "SPANSINK_GROUP_ID", default_value = "spansink")]
+    pub group_id: String,
+    /// Kafka header that carries the tenant id.
+    #[arg(long, env = "SPANSINK_TENANT_HEADER", default_value = "X-Scope-OrgID")]
+    pub tenant_header: String,
+    /// Tenant for messages without the header. Empty: such messages are refused.
+    #[arg(long, env = "SPANSINK_DEFAULT_TENANT", default_value = "anonymous")]
+    pub default_tenant: String,
+    /// A batch closes at this many messages.
+    #[arg(long, env = "SPANSINK_BATCH_MAX_MESSAGES", default_value_t = 500)]
+    pub batch_max_messages: usize,
+    /// A batch closes at this many payload bytes.
+    #[arg(long, env = "SPANSINK_BATCH_MAX_BYTES", default_value_t = 8 << 20)]
+    pub batch_max_bytes: usize,
+    /// A batch closes this long after its first message.
+    #[arg(long, env = "SPANSINK_BATCH_LINGER", value_parser = parse_duration, default_value = "200ms")]
+    pub batch_linger: Duration,
+    /// Memory budget for messages fetched but not yet committed, across all partitions.
+    /// Half goes to librdkafka's prefetch queue, half to batches being built and written.
+    #[arg(long, env = "SPANSINK_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub max_inflight_bytes: usize,
+    /// Messages larger than this are refused.
+    #[arg(long, env = "SPANSINK_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// Deepest nesting of AnyValue arrays and maps accepted.
+    #[arg(long, env = "SPANSINK_MAX_VALUE_DEPTH", default_value_t = 32)]
+    pub max_value_depth: usize,
+    /// Most attributes in one attribute set, and most entries in one array or map value.
+    #[arg(long, env = "SPANSINK_MAX_ATTRIBUTES", default_value_t = 1024)]
+    pub max_attributes: usize,
+    /// Spans that started longer ago than this are refused.
+    #[arg(long, env = "SPANSINK_ACCEPT_PAST", value_parser = parse_duration, default_value = "7d")]
+    pub accept_past: Duration,
+    /// Spans that start further in the future than this are refused.
+    #[arg(long, env = "SPANSINK_ACCEPT_FUTURE", value_parser = parse_duration, default_value = "1d")]
+    pub accept_future: Duration,
+    /// First delay of the retry backoff for transient failures.
+    #[arg(long, env = "SPANSINK_RETRY_INITIAL", value_parser = parse_duration, default_value = "100ms")]
+    pub retry_initial: Duration,
+    /// Longest delay of the retry backoff.
+    #[arg(long, env = "SPANSINK_RETRY_MAX", value_parser = parse_duration, default_value = "30s")]
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    /// Do not apply migrations at start.
+    #[arg(long, env = "SPANSINK_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// Listen address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "SPANSINK_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+    /// On SIGTERM or SIGINT, how long in-flight batches may take to finish.
+    #[arg(long, env = "SPANSINK_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_timeout: Duration,
+    /// Directory for the poison spool.
+    #[arg(long, env = "SPANSINK_SPOOL_DIR", default_value = "spool")]
+    pub spool_dir: PathBuf,
+    /// Test-only fault injection: panic while writing a batch that holds a span of this name.
+    #[arg(long, env = "SPANSINK_FAULT_PANIC_SPAN_NAME", hide = true)]
+    pub fault_panic_span_name: Option<String>,
+}
+
+/// librdkafka settings that would break spansink's delivery guarantees.
+const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "offsets are committed only after PostgreSQL commits",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after PostgreSQL commits",
+    ),
+    ("group.id", "use --group-id"),
+    ("bootstrap.servers", "use --brokers"),
+    (
+        "partition.assignment.strategy",
+        "spansink assigns incrementally (cooperative-sticky)",
+    ),
+];
+
+impl KafkaArgs {
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::config("--brokers", "is empty"));
+        }
+        for s in &self.kafka {
+            if let Some((_, why)) = RESERVED_KAFKA_KEYS.iter().find(|(k, _)| *k == s.key) {
+                return Err(Error::config(
+                    format!("--kafka {}", s.key),
+                    format!("cannot be set: {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IngestArgs {
+    pub fn validate(&self) -> Result<()> {
+        if self.traces_topics.is_empty() {
+            return Err(Error::config(
+                "--traces-topic",
+                "at least one topic is needed",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(Error::config("--group-id", "is empty"));
+        }
+        if self.tenant_header.trim().is_empty() {
+            return Err(Error::config("--tenant-header", "is empty"));
+        }
+        if !self.default_tenant.is_empty() {
+            crate::tenant::validate(&self.default_tenant)
+                .map_err(|e| Error::config("--default-tenant", e.to_string()))?;
+        }
+        if self.batch_max_messages == 0 {
+            return Err(Error::config("--batch-max-messages", "must be at least 1"));
+        }
+        if self.batch_max_bytes == 0 {
+            return Err(Error::config("--batch-max-bytes", "must be at least 1"));
+        }
+        if self.max_inflight_bytes < 2 * self.batch_max_bytes {
+            return Err(Error::config(
+                "--max-inflight-bytes",
+                format!(
+                    "must be at least twice --batch-max-bytes ({})",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
+        if self.max_value_depth == 0 || self.max_value_depth > 64 {
+            return Err(Error::config(
+                "--max-value-depth",
+                "must be between 1 and 64",
+            ));
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err(Error::config(
+                "--retry-max",
+                "must be at least --retry-initial, which must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> crate::decode::Limits {
+        crate::decode::Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_value_depth: self.max_value_depth,
+            max_attributes: self.max_attributes,
+            accept_past: self.accept_past,
+            accept_future: self.accept_future,
+        }
+    }
+}
+
+impl DbArgs {
+    pub fn validate(&self) -> Result<()> {
+        if self.pg_pool_size == 0 {
+            return Err(Error::config("--pg-pool-size", "must be at least 1"));
+        }
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| Error::config("--database-url", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl RunArgs {
+    pub fn validate(&self) -> Result<()> {
+        self.db.validate()?;
+        self.kafka.validate()?;
+        self.ingest.validate()?;
+        if self.db.pg_pool_size < 2 {
+            return Err(Error::config(
+                "--pg-pool-size",
+                "must be at least 2: one for partitions, one for batches",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_spec_parses_name_and_encoding() {
+        assert_eq!(
+            parse_topic_spec("otlp_spans").unwrap(),
+            TopicSpec {
+                name: "otlp_spans".into(),
+                encoding: Encoding::OtlpProto
+            }
+        );
+        assert_eq!(
+            parse_topic_spec("t.json:otlp_json").unwrap().encoding,
+            Encoding::OtlpJson
+        );
+        assert!(parse_topic_spec("t:avro").unwrap_err().contains("avro"));
+        assert!(parse_topic_spec("bad topic").is_err());
+    }
+
+    #[test]
+    fn kafka_setting_needs_key_and_value() {
+        let s = parse_kafka_setting("sasl.password=a=b").unwrap();
+        assert_eq!((s.key.as_str(), s.value.as_str()), ("sasl.password", "a=b"));
+        assert!(parse_kafka_setting("novalue").is_err());
+    }
+
+    #[test]
+    fn reserved_kafka_keys_are_refused_by_name() {
+        let args = KafkaArgs {
+            brokers: "b:9092".into(),
+            kafka: vec![parse_kafka_setting("enable.auto.commit=true").unwrap()],
+        };
+        let err = args.validate().unwrap_err().to_string();
+        assert!(err.contains("enable.auto.commit"), "{err}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The one error type, and the one table that classifies every failure.
+//!
+//! Each failure is [`Class::Transient`] (pause, back off, retry; never dead-letter),
+//! [`Class::Poison`] (this message can never be written; isolate it) or
+//! [`Class::Fatal`] (the instance cannot run as configured; exit). The README's
+//! classification table is this file in prose: change both together.
+
+use std::fmt;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio_postgres::error::SqlState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Transient,
+    Poison,
+    Fatal,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Transient => "transient",
+            Class::Poison => "poison",
+            Class::Fatal => "fatal",
+        }
+    }
+}
+
+/// Why a message is poison: a stable, bounded label for metrics, logs and DLQ headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not a protobuf message, or one cut short.
+    BadProtobuf,
+    /// A protobuf `string` field holds invalid UTF-8.
+    InvalidUtf8,
+    /// Not OTLP/JSON.
+    BadJson,
+    /// trace_id, span_id or parent_span_id of the wrong length, or all zero.
+    InvalidId,
+    /// The tenant header is present but not a valid tenant id.
+    InvalidTenant,
+    /// No tenant header and no default tenant configured.
+    MissingTenant,
+    /// The message is larger than `--max-message-bytes`.
+    MessageTooLarge,
+    /// An AnyValue nests deeper than `--max-value-depth`.
+    ValueTooDeep,
+    /// More attributes (or array/map entries) than `--max-attributes`.
+    TooManyAttributes,
+    /// A span starts outside the acceptance window.
+    TimestampOutOfWindow,
+    /// PostgreSQL class 22.
+    PgDataException,
+    /// PostgreSQL class 21.
+    PgCardinalityViolation,
+    /// PostgreSQL class 23, other than what idempotency absorbs.
+    PgIntegrityViolation,
+    /// PostgreSQL class 54.
+    PgProgramLimit,
+    /// The code panicked while decoding or writing this message.
+    Panic,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadProtobuf => "bad_protobuf",
+            Reason::InvalidUtf8 => "invalid_utf8",
+            Reason::BadJson => "bad_json",
+            Reason::InvalidId => "invalid_id",
+            Reason::InvalidTenant => "invalid_tenant",
+            Reason::MissingTenant => "missing_tenant",
+            Reason::MessageTooLarge => "message_too_large",
+            Reason::ValueTooDeep => "value_too_deep",
+            Reason::TooManyAttributes => "too_many_attributes",
+            Reason::TimestampOutOfWindow => "timestamp_out_of_window",
+            Reason::PgDataException => "pg_data_exception",
+            Reason::PgCardinalityViolation => "pg_cardinality_violation",
+            Reason::PgIntegrityViolation => "pg_integrity_violation",
+            Reason::PgProgramLimit => "pg_program_limit",
+            Reason::Panic => "panic",
+        }
+    }
+
+    /// Where in the pipeline this reason is found: the DLQ `stage` header.
+    pub fn stage(self) -> &'static str {
+        match self {
+            Reason::BadProtobuf | Reason::InvalidUtf8 | Reason::BadJson => "decode",
+            Reason::InvalidId
+            | Reason::InvalidTenant
+            | Reason::MissingTenant
+            | Reason::MessageTooLarge
+            | Reason::ValueTooDeep
+            | Reason::TooManyAttributes
+            | Reason::TimestampOutOfWindow => "validate",
+            Reason::PgDataException
+            | Reason::PgCardinalityViolation
+            | Reason::PgIntegrityViolation
+            | Reason::PgProgramLimit => "write",
+            Reason::Panic => "panic",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid configuration. `setting` names the flag or librdkafka property.
+    #[error("invalid configuration: {setting}: {reason}")]
+    Config { setting: String, reason: String },
+
+    /// Input that can never be stored: decode and validation failures.
+    #[error("{reason}: {detail}")]
+    Input { reason: Reason, detail: String },
+
+    #[error("postgres: {}", pg_detail(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+
+    /// A panic caught while a message or batch was decoded or written.
+    #[error("panic: {0}")]
+    Panic(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Shutdown was requested while the operation waited.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn input(reason: Reason, detail: impl Into<String>) -> Self {
+        Error::Input {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The classification table.
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Config { .. } => Class::Fatal,
+            Error::Input { .. } | Error::Panic(_) => Class::Poison,
+            Error::Postgres(e) => classify_pg(e),
+            Error::Pool(e) => classify_pool(e),
+            Error::Kafka(e) => classify_kafka(e),
+            // Disk full, a spool directory briefly unwritable: wait for the operator
+            // rather than lose or dead-letter anything.
+            Error::Io { .. } => Class::Transient,
+            Error::Shutdown => Class::Transient,
+        }
+    }
+
+    /// The poison reason, when [`Error::class`] is [`Class::Poison`].
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Input { reason, .. } => Some(*reason),
+            Error::Panic(_) => Some(Reason::Panic),
+            Error::Postgres(e) => pg_poison_reason(e),
+            _ => None,
+        }
+    }
+
+    /// The PostgreSQL SQLSTATE, when the failure came from the server.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Postgres(e) => e.code().map(|c| c.code()),
+            Error::Pool(deadpool_postgres::PoolError::Backend(e)) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// A short label for the retry metric.
+    pub fn transient_kind(&self) -> &'static str {
+        match self {
+            Error::Postgres(e) => match e.code() {
+                None => "pg_connection",
+                Some(c) if c.code().starts_with("08") => "pg_connection",
+                Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => "pg_serialization",
+                Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => "pg_deadlock",
+                Some(c) if c.code().starts_with("53") => "pg_resources",
+                Some(c) if c.code().starts_with("57P") => "pg_shutdown",
+                Some(_) => "pg_other",
+            },
+            Error::Pool(deadpool_postgres::PoolError::Timeout(_)) => "pg_pool_timeout",
+            Error::Pool(_) => "pg_connection",
+            Error::Kafka(_) => "kafka",
+            Error::Io { .. } => "io",
+            _ => "other",
+        }
+    }
+}
+
+fn pg_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// PostgreSQL raises 23514 both for a CHECK constraint and for a row that has no
+/// partition. The second is ours to fix (create the partition and retry), never
+/// the message's fault.
+pub fn is_missing_partition(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::CHECK_VIOLATION
+            && db.constraint().is_none()
+            && db.message().starts_with("no partition of relation")
+    })
+}
+
+fn classify_pg(e: &tokio_postgres::Error) -> Class {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection broke, or the client was closed.
+        return Class::Transient;
+    };
+    if is_missing_partition(e) {
+        return Class::Transient;
+    }
+    let s = code.code();
+    match &s[..2] {
+        // Connection exceptions, resources (disk full, too many connections),
+        // serialization failures and deadlocks: the server's trouble, not the data's.
+        "08" | "53" => Class::Transient,
+        "40" if s == "40001" || s == "40P01" => Class::Transient,
+        "57" if matches!(s, "57P01" | "57P02" | "57P03" | "57P04" | "57P05") => Class::Transient,
+        // Statement timeout or a cancel by an operator: try again later.
+        "57" if s == "57014" => Class::Transient,
+        // Lock not available, object in use.
+        "55" => Class::Transient,
+        // Data exceptions, cardinality violations, integrity violations and
+        // program limits belong to the message.
+        "21" | "22" | "23" | "54" => Class::Poison,
+        // Invalid authorization, missing database, insufficient privilege,
+        // an undefined table or column (the schema is not migrated), a config
+        // file error: no retry can help.
+        "28" | "3D" | "3F" | "42" | "F0" => Class::Fatal,
+        // Anything else, such as an internal error: on purpose transient. A
+        // retry that never succeeds shows as a stalled partition and an alert;
+        // a dead letter sent by mistake would be silent data loss.
+        _ => Class::Transient,
+    }
+}
+
+fn pg_poison_reason(e: &tokio_postgres::Error) -> Option<Reason> {
+    if classify_pg(e) != Class::Poison {
+        return None;
+    }
+    let code = e.code()?.code();
+    Some(match &code[..2] {
+        "21" => Reason::PgCardinalityViolation,
+        "22" => Reason::PgDataException,
+        "23" => Reason::PgIntegrityViolation,
+        _ => Reason::PgProgramLimit,
+    })
+}
+
+fn classify_pool(e: &deadpool_postgres::PoolError) -> Class {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(pg) => match classify_pg(pg) {
+            // A failure to connect is never the message's fault.
+            Class::Poison => Class::Transient,
+            c => c,
+        },
+        PoolError::Timeout(_) => Class::Transient,
+        PoolError::Closed => Class::Transient,
+        PoolError::NoRuntimeSpecified => Class::Fatal,
+        PoolError::PostCreateHook(_) => Class::Transient,
+    }
+}
+
+fn classify_kafka(e: &KafkaError) -> Class {
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidConfig,
+        ) => Class::Fatal,
+        _ => match e {
+            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => Class::Fatal,
+            // Broker down, transport errors, leader changes, an unknown topic (it is
+            // waited for), a rebalance in progress: all pass with time.
+            _ => Class::Transient,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_stage_and_label() {
+        for r in [
+            Reason::BadProtobuf,
+            Reason::InvalidUtf8,
+            Reason::BadJson,
+            Reason::InvalidId,
+            Reason::InvalidTenant,
+            Reason::MissingTenant,
+            Reason::MessageTooLarge,
+            Reason::ValueTooDeep,
+            Reason::TooManyAttributes,
+            Reason::TimestampOutOfWindow,
+            Reason::PgDataException,
+            Reason::PgCardinalityViolation,
+            Reason::PgIntegrityViolation,
+            Reason::PgProgramLimit,
+            Reason::Panic,
+        ] {
+            assert!(!r.as_str().is_empty());
+            assert!(["decode", "validate", "write", "panic"].contains(&r.stage()));
+            assert_eq!(Error::input(r, "x").class(), Class::Poison);
+        }
+    }
+
+    #[test]
+    fn config_is_fatal_and_io_is_transient() {
+        assert_eq!(Error::config("--x", "bad").class(), Class::Fatal);
+        let io = Error::io("spool", std::io::Error::other("disk full"));
+        assert_eq!(io.class(), Class::Transient);
+    }
+
+    #[test]
+    fn kafka_auth_is_fatal_and_transport_is_transient() {
+        let auth = KafkaError::MessageConsumption(RDKafkaErrorCode::SaslAuthenticationFailed);
+        assert_eq!(Error::Kafka(auth).class(), Class::Fatal);
+        let down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(Error::Kafka(down).class(), Class::Transient);
+        let unknown = KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert_eq!(Error::Kafka(unknown).class(), Class::Transient);
+    }
+}

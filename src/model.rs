@@ -1,0 +1,121 @@
+//! Domain rows: what one Kafka message decodes into, ready for PostgreSQL.
+//!
+//! JSON-valued columns are carried as JSON text that `decode` already wrote, so
+//! that the writer streams bytes into binary COPY without building a tree.
+
+use std::sync::Arc;
+
+/// One row of `spans`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRow {
+    pub tenant_id: Arc<str>,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// `None` for a root span (OTLP sends an empty `parent_span_id`).
+    pub parent_span_id: Option<[u8; 8]>,
+    pub trace_state: String,
+    pub flags: u32,
+    pub name: String,
+    pub kind: i32,
+    pub start_unix_nano: i64,
+    pub end_unix_nano: i64,
+    pub status_code: i32,
+    pub status_message: String,
+    /// The resource's `service.name` attribute when it is a string.
+    pub service_name: Option<Arc<str>>,
+    /// JSON object text, shared by every span of one resource.
+    pub resource_attributes: Arc<str>,
+    pub scope_name: Arc<str>,
+    pub scope_version: Arc<str>,
+    /// JSON object text.
+    pub attributes: String,
+    pub dropped_attributes_count: u32,
+    pub dropped_events_count: u32,
+    pub dropped_links_count: u32,
+    /// JSON array text: `[{"trace_id":hex,"span_id":hex,"trace_state":..,"flags":..,"attributes":{..},"dropped_attributes_count":..}]`.
+    pub links: String,
+    pub link_count: u32,
+    pub event_count: u32,
+}
+
+impl SpanRow {
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id.is_none()
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status_code == STATUS_CODE_ERROR
+    }
+
+    pub fn duration_ns(&self) -> i64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+}
+
+pub const STATUS_CODE_ERROR: i32 = 2;
+
+/// One row of `span_events`: a timed log line of a span, unique per span and position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanEventRow {
+    pub tenant_id: Arc<str>,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The owning span's start: the partition key, so that events live and
+    /// expire with their span.
+    pub span_start_unix_nano: i64,
+    /// Position of the event within its span.
+    pub event_index: i32,
+    pub time_unix_nano: i64,
+    pub name: String,
+    /// JSON object text.
+    pub attributes: String,
+    pub dropped_attributes_count: u32,
+}
+
+/// Values changed so that PostgreSQL accepts them; each one is counted in a metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sanitized {
+    /// NUL characters replaced with U+FFFD in text and JSON strings.
+    pub nul_replaced: u64,
+    /// NaN and ±Infinity doubles stored as the strings "NaN", "Infinity", "-Infinity".
+    pub nonfinite_floats: u64,
+}
+
+impl Sanitized {
+    pub fn add(&mut self, other: Sanitized) {
+        self.nul_replaced += other.nul_replaced;
+        self.nonfinite_floats += other.nonfinite_floats;
+    }
+}
+
+/// Everything one `ExportTraceServiceRequest` message turns into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecodedTraces {
+    pub spans: Vec<SpanRow>,
+    pub events: Vec<SpanEventRow>,
+    pub sanitized: Sanitized,
+}
+
+impl DecodedTraces {
+    /// Memory this message holds while it waits in a batch, for the in-flight budget.
+    pub fn approx_bytes(&self) -> usize {
+        let spans: usize = self
+            .spans
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<SpanRow>()
+                    + s.trace_state.len()
+                    + s.name.len()
+                    + s.status_message.len()
+                    + s.attributes.len()
+                    + s.links.len()
+            })
+            .sum();
+        let events: usize = self
+            .events
+            .iter()
+            .map(|e| std::mem::size_of::<SpanEventRow>() + e.name.len() + e.attributes.len())
+            .sum();
+        spans + events
+    }
+}
