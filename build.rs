@@ -7,6 +7,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
+    // The build-info metric names the commit; a build outside a git checkout says "unknown".
+    let sha = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=SPANSINK_GIT_SHA={sha}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new().compile_fds(descriptors)?;
     Ok(())

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume OTLP from Kafka and store it in PostgreSQL (the production consumer).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Apply the schema migrations and create the upcoming daily partitions.
     Migrate(MigrateArgs),
     /// Produce realistic synthetic OTLP trace traffic to a Kafka broker.
@@ -140,7 +140,7 @@ pub struct KafkaSetting {
     pub value: String,
 }
 
-fn parse_kafka_setting(s: &str) -> std::result::Result<KafkaSetting, String> {
+pub fn parse_kafka_setting(s: &str) -> std::result::Result<KafkaSetting, String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not key=value"))?;
@@ -233,9 +233,10 @@ pub struct RunArgs {
     /// Listen address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SPANSINK_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
-    /// On SIGTERM or SIGINT, how long in-flight batches may take to finish.
-    #[arg(long, env = "SPANSINK_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
-    pub shutdown_timeout: Duration,
+    /// How long in-flight batches may take to finish and commit on SIGTERM/SIGINT
+    /// or when their partitions are revoked; then they roll back.
+    #[arg(long, env = "SPANSINK_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
+    pub drain_timeout: Duration,
     /// Directory for the poison spool.
     #[arg(long, env = "SPANSINK_SPOOL_DIR", default_value = "spool")]
     pub spool_dir: PathBuf,

@@ -1,1 +1,75 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use spansink::cmd;
+use spansink::config::{Cli, Command, LogArgs, LogFormat};
+use spansink::error::{Class, Error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_tracing(&cli.log) {
+        eprintln!("spansink: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spansink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, class = e.class().as_str(), "spansink stopped");
+            eprintln!("spansink: {e}");
+            // 2 for a configuration the operator must fix; 1 for anything else.
+            match e {
+                Error::Config { .. } => ExitCode::from(2),
+                _ if e.class() == Class::Fatal => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> spansink::error::Result<()> {
+    match command {
+        Command::Run(args) => {
+            let metrics = spansink::metrics::install()?;
+            let shutdown =
+                spansink::shutdown::install().map_err(|e| Error::io("signal handlers", e))?;
+            cmd::run::run(&args, metrics, shutdown).await
+        }
+        Command::Migrate(args) => cmd::migrate::run(&args).await,
+        Command::Loadgen(args) => cmd::loadgen::run(&args)
+            .await
+            .map(|report| println!("{report}")),
+        Command::Demo(args) => {
+            let metrics = spansink::metrics::install()?;
+            let shutdown =
+                spansink::shutdown::install().map_err(|e| Error::io("signal handlers", e))?;
+            cmd::demo::run(&args, metrics, shutdown).await
+        }
+    }
+}
+
+fn init_tracing(log: &LogArgs) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
+        .map_err(|e| format!("invalid configuration: --log: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match log.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}

@@ -119,3 +119,53 @@ impl DecodedTraces {
         spans + events
     }
 }
+
+/// One OTLP log record, ready for the logs table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub tenant_id: Arc<str>,
+    /// When the event happened; the observed time when the producer left it 0.
+    pub time_unix_nano: i64,
+    pub observed_time_unix_nano: i64,
+    pub severity_number: i32,
+    pub severity_text: String,
+    /// JSON text of the body AnyValue (`null` when there is none).
+    pub body: String,
+    /// JSON object text.
+    pub attributes: String,
+    /// JSON object text, shared by every record of one resource.
+    pub resource_attributes: Arc<str>,
+    /// The resource's `service.name` attribute when it is a string.
+    pub service_name: Option<Arc<str>>,
+    pub scope_name: Arc<str>,
+    pub scope_version: Arc<str>,
+    pub flags: u32,
+    /// `None` when the record carries no trace context.
+    pub trace_id: Option<[u8; 16]>,
+    pub span_id: Option<[u8; 8]>,
+    pub event_name: String,
+    pub dropped_attributes_count: u32,
+}
+
+/// Everything one `ExportLogsServiceRequest` message turns into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecodedLogs {
+    pub logs: Vec<LogRow>,
+    pub sanitized: Sanitized,
+}
+
+impl DecodedLogs {
+    /// Memory this message holds while it waits in a batch, for the in-flight budget.
+    pub fn approx_bytes(&self) -> usize {
+        self.logs
+            .iter()
+            .map(|l| {
+                std::mem::size_of::<LogRow>()
+                    + l.severity_text.len()
+                    + l.body.len()
+                    + l.attributes.len()
+                    + l.event_name.len()
+            })
+            .sum()
+    }
+}

@@ -2,3 +2,5 @@
 
 pub mod demo;
 pub mod loadgen;
+pub mod migrate;
+pub mod run;

@@ -1,0 +1,2 @@
+-- Readiness probe: the server answers queries.
+SELECT 1

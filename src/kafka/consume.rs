@@ -1,0 +1,203 @@
+//! The consumer: its librdkafka configuration, derived from spansink's own
+//! settings and one memory budget, and the wait for topics that do not exist yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KafkaArgs, KafkaSetting};
+use crate::error::{Error, Result};
+use crate::kafka::rebalance::Context;
+
+pub type Consumer = StreamConsumer<Context>;
+
+/// librdkafka caps `queued.max.messages.kbytes` here.
+const MAX_QUEUED_KBYTES: usize = 2_097_151;
+/// librdkafka's own default and ceiling for one fetch response.
+const MAX_FETCH_BYTES: usize = 50 << 20;
+
+/// The consumer settings spansink relies on, then the operator's `--kafka` settings.
+///
+/// `prefetch_budget` is the half of `--max-inflight-bytes` that librdkafka may hold
+/// in its prefetch queue; the other half bounds the batches being built and written.
+pub fn consumer_config(
+    kafka: &KafkaArgs,
+    group_id: &str,
+    prefetch_budget: usize,
+    batch_max_bytes: usize,
+) -> ClientConfig {
+    let fetch_max = (prefetch_budget / 4).clamp(1 << 20, MAX_FETCH_BYTES);
+    let partition_fetch_max = batch_max_bytes.clamp(1 << 20, fetch_max);
+    let queued_kbytes = (prefetch_budget / 1024).clamp(1024, MAX_QUEUED_KBYTES);
+
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", group_id)
+        .set("client.id", format!("spansink-{}", crate::VERSION))
+        // Offsets move only after PostgreSQL commits; spansink commits them itself.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Incremental rebalances: a partition that stays with this instance keeps
+        // its worker and its in-flight batch.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Used only when a partition has no row in ingest_offsets, or when the stored
+        // offset is out of range. Earliest never skips data that Kafka still holds:
+        // below the log start the data is already gone (counted as a gap), and
+        // re-reading is harmless because writes are idempotent.
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Aborted transactional messages are never stored.
+        .set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", queued_kbytes.to_string())
+        .set("fetch.max.bytes", fetch_max.to_string())
+        .set("max.partition.fetch.bytes", partition_fetch_max.to_string())
+        .set("receive.message.max.bytes", (fetch_max + 512).to_string())
+        // A topic created after start is noticed within seconds, not minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    apply_overrides(&mut config, &kafka.kafka);
+    config
+}
+
+pub fn apply_overrides(config: &mut ClientConfig, settings: &[KafkaSetting]) {
+    for s in settings {
+        config.set(&s.key, &s.value);
+    }
+}
+
+/// Creates the consumer; librdkafka's refusal of a setting names that setting.
+pub fn create(config: &ClientConfig, context: Context) -> Result<Arc<Consumer>> {
+    config
+        .create_with_context(context)
+        .map(Arc::new)
+        .map_err(|e| Error::config("--kafka", e.to_string()))
+}
+
+/// Waits until every topic exists, saying so in the log. A missing topic is not
+/// fatal: the instance stays unready and keeps looking.
+pub async fn wait_for_topics(
+    consumer: &Arc<Consumer>,
+    topics: &[String],
+    on_missing: impl Fn(bool),
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut attempt: u32 = 0;
+    loop {
+        let missing = missing_topics(consumer, topics).await?;
+        if missing.is_empty() {
+            on_missing(false);
+            return Ok(());
+        }
+        on_missing(true);
+        if attempt % 6 == 0 {
+            tracing::warn!(topics = ?missing, "waiting for topics to exist; not ready until they do");
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = stop.cancelled() => return Err(Error::Shutdown),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn missing_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<Vec<String>> {
+    let consumer = consumer.clone();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for topic in &topics {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(md) => {
+                    let exists = md.topics().iter().any(|t| {
+                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                    });
+                    if !exists {
+                        missing.push(topic.clone());
+                    }
+                }
+                Err(e)
+                    if e.rdkafka_error_code()
+                        == Some(RDKafkaErrorCode::UnknownTopicOrPartition) =>
+                {
+                    missing.push(topic.clone())
+                }
+                Err(e) => {
+                    let err = Error::Kafka(e);
+                    if err.class() == crate::error::Class::Fatal {
+                        return Err(err);
+                    }
+                    // The broker is unreachable: as good as missing, and retried.
+                    tracing::warn!(error = %err, topic, "metadata request failed");
+                    missing.push(topic.clone());
+                }
+            }
+        }
+        Ok(missing)
+    })
+    .await
+    .map_err(|e| Error::Panic(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[(&str, &str)]) -> KafkaArgs {
+        KafkaArgs {
+            brokers: "127.0.0.1:9092".into(),
+            kafka: extra
+                .iter()
+                .map(|(k, v)| KafkaSetting {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn limits_derive_from_one_budget() {
+        let c = consumer_config(&args(&[]), "g", 128 << 20, 8 << 20);
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("131072"));
+        assert_eq!(
+            c.get("fetch.max.bytes"),
+            Some(&*(32usize << 20).to_string())
+        );
+        assert_eq!(
+            c.get("max.partition.fetch.bytes"),
+            Some(&*(8usize << 20).to_string())
+        );
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+    }
+
+    #[test]
+    fn operator_settings_pass_through() {
+        let c = consumer_config(
+            &args(&[("session.timeout.ms", "6000")]),
+            "g",
+            64 << 20,
+            1 << 20,
+        );
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_setting_fails_naming_it() {
+        let c = consumer_config(&args(&[("no.such.setting", "1")]), "g", 64 << 20, 1 << 20);
+        let pipeline = crate::kafka::rebalance::Context::detached();
+        let err = create(&c, pipeline)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("no.such.setting"), "{err}");
+    }
+}

@@ -1,0 +1,232 @@
+//! Every metric spansink exports, declared once: name, help text, unit in the
+//! name, and histogram buckets. Code elsewhere records through the constants
+//! here, so that a dashboard can trust that a name it finds here exists.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{Error, Result};
+
+// Consumption, per topic and partition.
+pub const MESSAGES_CONSUMED: &str = "spansink_messages_consumed_total";
+pub const BYTES_CONSUMED: &str = "spansink_consumed_bytes_total";
+// Rows written, per topic.
+pub const SPANS_WRITTEN: &str = "spansink_spans_written_total";
+pub const SPANS_DUPLICATE: &str = "spansink_spans_duplicate_total";
+pub const SPAN_EVENTS_WRITTEN: &str = "spansink_span_events_written_total";
+pub const SPAN_LINKS_WRITTEN: &str = "spansink_span_links_written_total";
+pub const BATCHES_COMMITTED: &str = "spansink_batches_committed_total";
+pub const BATCH_MESSAGES: &str = "spansink_batch_messages";
+pub const BATCH_SPANS: &str = "spansink_batch_spans";
+pub const PG_TRANSACTION_SECONDS: &str = "spansink_pg_transaction_duration_seconds";
+pub const END_TO_END_LATENCY_SECONDS: &str = "spansink_end_to_end_latency_seconds";
+// Offsets and the consumer group.
+pub const ASSIGNED_PARTITIONS: &str = "spansink_assigned_partitions";
+pub const PAUSED_PARTITIONS: &str = "spansink_paused_partitions";
+pub const STOPPED_PARTITIONS: &str = "spansink_stopped_partitions";
+pub const REBALANCES: &str = "spansink_rebalances_total";
+pub const OFFSET_FENCE_CONFLICTS: &str = "spansink_offset_fence_conflicts_total";
+pub const OFFSET_GAPS: &str = "spansink_offset_gaps_total";
+pub const MESSAGES_BELOW_STORED_OFFSET: &str = "spansink_messages_below_stored_offset_total";
+pub const KAFKA_COMMIT_FAILURES: &str = "spansink_kafka_commit_failures_total";
+pub const INFLIGHT_BYTES: &str = "spansink_inflight_bytes";
+pub const PARTITION_PAUSED: &str = "spansink_partition_paused";
+pub const CONSUMER_LAG_MESSAGES: &str = "spansink_consumer_lag_messages";
+pub const CONSUMER_LAG_SECONDS: &str = "spansink_consumer_lag_seconds";
+// Failures.
+pub const TRANSIENT_RETRIES: &str = "spansink_transient_retries_total";
+pub const PERMANENT_FAILURES: &str = "spansink_permanent_failures_total";
+pub const PANICS: &str = "spansink_panics_total";
+pub const SANITIZED_VALUES: &str = "spansink_sanitized_values_total";
+// Process.
+pub const BUILD_INFO: &str = "spansink_build_info";
+pub const READY: &str = "spansink_ready";
+pub const PG_POOL_CONNECTIONS: &str = "spansink_pg_pool_connections";
+pub const PG_POOL_WAITING: &str = "spansink_pg_pool_waiting";
+
+/// Buckets, each chosen for what its histogram measures.
+const BATCH_MESSAGE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+];
+const BATCH_SPAN_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0,
+];
+/// A batch transaction: milliseconds when healthy, seconds under lock contention.
+const PG_TX_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// From the Kafka timestamp to the commit: linger plus write when caught up,
+/// minutes to hours when catching up on a backlog.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+fn describe() {
+    describe_counter!(
+        MESSAGES_CONSUMED,
+        Unit::Count,
+        "Kafka messages received, per topic and partition."
+    );
+    describe_counter!(
+        BYTES_CONSUMED,
+        Unit::Bytes,
+        "Kafka message payload bytes received, per topic and partition."
+    );
+    describe_counter!(
+        SPANS_WRITTEN,
+        Unit::Count,
+        "Spans inserted into PostgreSQL (new rows only), per topic."
+    );
+    describe_counter!(
+        SPANS_DUPLICATE,
+        Unit::Count,
+        "Spans already stored and skipped (replays and duplicates), per topic."
+    );
+    describe_counter!(
+        SPAN_EVENTS_WRITTEN,
+        Unit::Count,
+        "Span events inserted into PostgreSQL, per topic."
+    );
+    describe_counter!(
+        SPAN_LINKS_WRITTEN,
+        Unit::Count,
+        "Span links stored with newly inserted spans, per topic."
+    );
+    describe_counter!(
+        BATCHES_COMMITTED,
+        Unit::Count,
+        "Batch transactions committed, per topic."
+    );
+    describe_histogram!(
+        BATCH_MESSAGES,
+        Unit::Count,
+        "Kafka messages per committed batch."
+    );
+    describe_histogram!(BATCH_SPANS, Unit::Count, "Spans per committed batch.");
+    describe_histogram!(
+        PG_TRANSACTION_SECONDS,
+        Unit::Seconds,
+        "Duration of one batch's PostgreSQL transaction, commit included."
+    );
+    describe_histogram!(
+        END_TO_END_LATENCY_SECONDS,
+        Unit::Seconds,
+        "From a message's Kafka timestamp to its PostgreSQL commit."
+    );
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        Unit::Count,
+        "Partitions assigned to this instance."
+    );
+    describe_gauge!(
+        PAUSED_PARTITIONS,
+        Unit::Count,
+        "Assigned partitions whose fetching is paused (memory budget or a stopped partition)."
+    );
+    describe_gauge!(
+        STOPPED_PARTITIONS,
+        Unit::Count,
+        "Partitions stopped by a permanent failure, waiting for an operator."
+    );
+    describe_counter!(
+        REBALANCES,
+        Unit::Count,
+        "Consumer group rebalance callbacks, by kind (assign, revoke, lost)."
+    );
+    describe_counter!(
+        OFFSET_FENCE_CONFLICTS,
+        Unit::Count,
+        "Batches rolled back because another writer moved the partition's offset."
+    );
+    describe_counter!(OFFSET_GAPS, Unit::Count, "Batches that started above the stored offset (transaction markers, compaction, retention).");
+    describe_counter!(
+        MESSAGES_BELOW_STORED_OFFSET,
+        Unit::Count,
+        "Messages received below the stored offset and skipped as already committed."
+    );
+    describe_counter!(
+        KAFKA_COMMIT_FAILURES,
+        Unit::Count,
+        "Advisory Kafka offset commits that failed (PostgreSQL holds the truth)."
+    );
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Payload bytes fetched by workers and not yet committed."
+    );
+    describe_gauge!(
+        PARTITION_PAUSED,
+        Unit::Count,
+        "1 while a partition's fetching is paused, per topic and partition."
+    );
+    describe_gauge!(
+        CONSUMER_LAG_MESSAGES,
+        Unit::Count,
+        "Messages between the stored offset and the partition's end, per topic and partition."
+    );
+    describe_gauge!(
+        CONSUMER_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest message not yet committed, per topic and partition."
+    );
+    describe_counter!(
+        TRANSIENT_RETRIES,
+        Unit::Count,
+        "Retries after a transient failure, by kind."
+    );
+    describe_counter!(
+        PERMANENT_FAILURES,
+        Unit::Count,
+        "Messages that can never be written, by stage and reason."
+    );
+    describe_counter!(
+        PANICS,
+        Unit::Count,
+        "Panics caught while decoding or writing."
+    );
+    describe_counter!(
+        SANITIZED_VALUES,
+        Unit::Count,
+        "Values changed so that PostgreSQL accepts them, by kind (nul, nonfinite_float)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; labels carry the version and git sha."
+    );
+    describe_gauge!(READY, Unit::Count, "1 when /readyz reports ready.");
+    describe_gauge!(
+        PG_POOL_CONNECTIONS,
+        Unit::Count,
+        "PostgreSQL pool connections, by state (in_use, idle)."
+    );
+    describe_gauge!(
+        PG_POOL_WAITING,
+        Unit::Count,
+        "Tasks waiting for a PostgreSQL pool connection."
+    );
+}
+
+/// Installs the global recorder with real Prometheus histograms (the exporter
+/// renders summaries unless buckets are configured) and declares every metric.
+pub fn install() -> Result<PrometheusHandle> {
+    let setting =
+        |e: metrics_exporter_prometheus::BuildError| Error::config("metrics", e.to_string());
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), BATCH_MESSAGE_BUCKETS)
+        .map_err(setting)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_SPANS.into()), BATCH_SPAN_BUCKETS)
+        .map_err(setting)?
+        .set_buckets_for_metric(Matcher::Full(PG_TRANSACTION_SECONDS.into()), PG_TX_BUCKETS)
+        .map_err(setting)?
+        .set_buckets_for_metric(
+            Matcher::Full(END_TO_END_LATENCY_SECONDS.into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(setting)?
+        .install_recorder()
+        .map_err(setting)?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => crate::VERSION, "git_sha" => crate::GIT_SHA).set(1.0);
+    Ok(handle)
+}

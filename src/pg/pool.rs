@@ -1,0 +1,102 @@
+//! The connection pool and its per-connection setup.
+
+use deadpool_postgres::{
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
+use tokio_postgres::NoTls;
+
+use crate::config::DbArgs;
+use crate::error::{Error, Result};
+use crate::metrics as m;
+
+const PING: &str = include_str!("../../sql/ping.sql");
+const SESSION_SETUP: &str = include_str!("../../sql/session_setup.sql");
+const STAGE_CREATE: &str = include_str!("../../sql/stage_create.sql");
+
+/// Reported in `pg_stat_activity`, so that operators can tell our sessions apart.
+const APPLICATION_NAME: &str = "spansink";
+
+/// Builds the pool. A malformed URL fails here (fatal); connections open on
+/// first use, so that a server that is down at start is a transient failure
+/// of the first query, retried like any other, rather than an exit.
+pub async fn connect(db: &DbArgs) -> Result<Pool> {
+    build(db)
+}
+
+/// Publishes the pool's state as gauges; called when metrics are scraped.
+pub fn record_pool_metrics(pool: &Pool) {
+    let status = pool.status();
+    let in_use = status.size.saturating_sub(status.available);
+    metrics::gauge!(m::PG_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(m::PG_POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
+    metrics::gauge!(m::PG_POOL_WAITING).set(status.waiting as f64);
+}
+
+/// Readiness: a pooled connection answers a query.
+pub async fn ping(pool: &Pool) -> Result<()> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(PING).await?;
+    client.query_one(&stmt, &[]).await?;
+    Ok(())
+}
+
+fn build(db: &DbArgs) -> Result<Pool> {
+    let mut pg: tokio_postgres::Config = db
+        .database_url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::config("--database-url", e.to_string()))?;
+    // An application_name or connect_timeout in the URL wins over ours.
+    if pg.get_application_name().is_none() {
+        pg.application_name(APPLICATION_NAME);
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(db.pg_pool_timeout);
+    }
+    // Fast recycling trusts `is_closed()`: the writer never returns a
+    // connection whose transaction state is unknown (see `write`), so a
+    // check query per checkout would buy nothing.
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let statement_timeout = format!("{}ms", db.pg_statement_timeout.as_millis());
+    Pool::builder(manager)
+        .max_size(db.pg_pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(db.pg_pool_timeout))
+        .create_timeout(Some(db.pg_pool_timeout))
+        .recycle_timeout(Some(db.pg_pool_timeout))
+        .post_create(Hook::async_fn(move |client, _| {
+            let statement_timeout = statement_timeout.clone();
+            Box::pin(async move {
+                setup_session(client, &statement_timeout)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }))
+        .build()
+        // The only build error is timeouts without a runtime, set above.
+        .map_err(|e| Error::config("--pg-pool-timeout", e.to_string()))
+}
+
+/// Runs once per new connection: session settings, then the staging tables.
+async fn setup_session(
+    client: &mut ClientWrapper,
+    statement_timeout: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client
+        .query_one(SESSION_SETUP, &[&statement_timeout])
+        .await?;
+    create_staging(client).await
+}
+
+/// Creates this session's staging tables if the schema exists and they do not.
+/// Safe to run again at any time outside a failed transaction.
+pub(crate) async fn create_staging(
+    client: &tokio_postgres::Client,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client.batch_execute(STAGE_CREATE).await
+}

@@ -1,0 +1,517 @@
+//! The batch transaction: a batch's spans, events, trace summaries and its
+//! Kafka offset commit together or not at all.
+//!
+//! Exactly-once rests on two things. The offset row fences writers: a batch
+//! commits only if the stored offset is still the one its worker last saw, so
+//! a zombie worker (after a rebalance, say) cannot write. And every insert is
+//! idempotent (`ON CONFLICT DO NOTHING` on natural keys), with `traces` built
+//! only from the spans actually inserted, so a replayed message changes
+//! nothing.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, Pool, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Statement;
+
+use crate::error::{is_missing_partition, Error, Result};
+use crate::model::{DecodedTraces, SpanEventRow, SpanRow};
+use crate::pg::offsets::{self, PartitionKey};
+use crate::pg::partitions::{day_of_unix_nano, Partitions};
+use crate::pg::{copy, pool};
+
+const OFFSETS_ADVANCE: &str = include_str!("../../sql/offsets_advance.sql");
+const OFFSETS_CLAIM: &str = include_str!("../../sql/offsets_claim.sql");
+const OFFSETS_READ_SETTLED: &str = include_str!("../../sql/offsets_read_settled.sql");
+const COPY_SPANS: &str = include_str!("../../sql/copy_spans.sql");
+const COPY_EVENTS: &str = include_str!("../../sql/copy_events.sql");
+const SPANS_MOVE: &str = include_str!("../../sql/spans_move.sql");
+const EVENTS_MOVE: &str = include_str!("../../sql/events_move.sql");
+
+/// One batch of one Kafka partition, ready to write.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBatch<'a> {
+    pub key: PartitionKey<'a>,
+    /// What this worker read at assignment or wrote at its last commit (None: no row existed).
+    pub expected: Option<i64>,
+    /// The batch's last offset + 1.
+    pub next_offset: i64,
+    /// The decoded messages of the batch, in offset order (a subset during poison bisection).
+    pub messages: &'a [&'a DecodedTraces],
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub spans_inserted: u64,
+    /// Spans of the batch not inserted: already stored, or repeated within the batch.
+    pub spans_duplicate: u64,
+    pub events_inserted: u64,
+    /// Links of the inserted spans.
+    pub links_inserted: u64,
+    /// `traces` rows inserted or updated.
+    pub traces_touched: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Committed(WriteStats),
+    /// The stored offset was not `expected`, or the batch would not move it
+    /// forward: nothing was written. `stored == Some(next_offset)` means that
+    /// an earlier attempt of this very batch committed.
+    Fenced {
+        stored: Option<i64>,
+    },
+}
+
+/// What became of a batch whose write failed with a transient error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The COMMIT went through; only its acknowledgement was lost.
+    AlreadyCommitted,
+    /// Nothing was written: retry the batch.
+    NotCommitted,
+    /// Another writer moved the offset: this worker must stop.
+    Fenced { stored: Option<i64> },
+}
+
+pub struct Writer {
+    pool: Pool,
+    partitions: Arc<Partitions>,
+    fault_panic_span_name: Option<String>,
+}
+
+impl Writer {
+    /// `fault_panic_span_name` is test-only fault injection: a batch holding a
+    /// span of that name panics after its rows are written, before COMMIT.
+    pub fn new(
+        pool: Pool,
+        partitions: Arc<Partitions>,
+        fault_panic_span_name: Option<String>,
+    ) -> Self {
+        Writer {
+            pool,
+            partitions,
+            fault_panic_span_name,
+        }
+    }
+
+    /// Writes the batch and moves its partition's offset, in one transaction.
+    ///
+    /// Errors are classified by `Error::class`. After a transient one, ask
+    /// [`Writer::resolve_after_failure`] whether the batch committed anyway.
+    pub async fn write(&self, batch: &WriteBatch<'_>) -> Result<WriteOutcome> {
+        let rows = Rows::dedupe(batch.messages);
+        self.partitions
+            .ensure_days(&self.pool, &rows.days())
+            .await?;
+        let result = self.write_rows(batch, &rows).await;
+        if let Err(Error::Postgres(e)) = &result {
+            if is_missing_partition(e) {
+                // A partition the cache believed in is gone; the retry asks again.
+                self.partitions.forget();
+            }
+        }
+        result
+    }
+
+    /// After a transient failure: did the batch commit anyway (lost COMMIT acknowledgement)?
+    pub async fn resolve_after_failure(
+        &self,
+        key: &PartitionKey<'_>,
+        expected: Option<i64>,
+        next_offset: i64,
+    ) -> Result<AfterFailure> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(OFFSETS_READ_SETTLED).await?;
+        let row = client
+            .query_opt(&stmt, &[&key.group, &key.topic, &key.partition])
+            .await?;
+        let stored: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
+        Ok(if stored == Some(next_offset) {
+            AfterFailure::AlreadyCommitted
+        } else if stored == expected {
+            AfterFailure::NotCommitted
+        } else {
+            AfterFailure::Fenced { stored }
+        })
+    }
+
+    async fn write_rows(&self, batch: &WriteBatch<'_>, rows: &Rows<'_>) -> Result<WriteOutcome> {
+        let client = self.pool.get().await?;
+        // Prepared before BEGIN: a failure here leaves no transaction behind.
+        let stmts = Statements::prepare(&client).await?;
+        let fault = self.fault_panic_span_name.as_deref();
+        let mut conn = TxConnection::new(client);
+        let attempt = transact(conn.client(), &stmts, batch, rows, fault).await;
+        if attempt.clean {
+            conn.release();
+        }
+        attempt.result
+    }
+}
+
+/// A batch's rows after deduplication within the batch.
+struct Rows<'a> {
+    spans: Vec<&'a SpanRow>,
+    events: Vec<&'a SpanEventRow>,
+    /// Spans in the batch before deduplication.
+    total_spans: usize,
+}
+
+/// What makes a span the same span: a replay carries the same start.
+type SpanKey<'a> = (&'a str, &'a [u8; 16], &'a [u8; 8], i64);
+
+impl<'a> Rows<'a> {
+    /// Keeps the first occurrence of each span and the events of the message
+    /// it came from. Besides exact counts, this keeps the traces upsert valid:
+    /// ON CONFLICT DO UPDATE refuses a statement that proposes one key twice.
+    fn dedupe(messages: &[&'a DecodedTraces]) -> Self {
+        let mut winner: HashMap<SpanKey<'a>, usize> = HashMap::new();
+        let mut spans = Vec::new();
+        let mut total_spans = 0;
+        for (i, m) in messages.iter().enumerate() {
+            for s in &m.spans {
+                total_spans += 1;
+                let key = (&*s.tenant_id, &s.trace_id, &s.span_id, s.start_unix_nano);
+                if let Entry::Vacant(v) = winner.entry(key) {
+                    v.insert(i);
+                    spans.push(s);
+                }
+            }
+        }
+        let winner = &winner;
+        let events = messages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| {
+                m.events.iter().filter(move |e| {
+                    let key = (
+                        &*e.tenant_id,
+                        &e.trace_id,
+                        &e.span_id,
+                        e.span_start_unix_nano,
+                    );
+                    winner.get(&key).is_none_or(|w| *w == i)
+                })
+            })
+            .collect();
+        Rows {
+            spans,
+            events,
+            total_spans,
+        }
+    }
+
+    /// The UTC days whose partitions the rows go to.
+    fn days(&self) -> Vec<i32> {
+        let spans = self.spans.iter().map(|s| s.start_unix_nano);
+        let events = self.events.iter().map(|e| e.span_start_unix_nano);
+        let mut days: Vec<i32> = spans.chain(events).map(day_of_unix_nano).collect();
+        days.sort_unstable();
+        days.dedup();
+        days
+    }
+}
+
+/// The statements of a batch, prepared once per connection and cached with it.
+struct Statements {
+    advance: Statement,
+    claim: Statement,
+    copy_spans: Statement,
+    copy_events: Statement,
+    spans_move: Statement,
+    events_move: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Object) -> Result<Self> {
+        match Self::prepare_all(client).await {
+            // The staging tables are missing: the connection opened before the
+            // schema existed. If creating them finds no schema either, the
+            // second failure is the real one (fatal: not migrated).
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                pool::create_staging(client).await?;
+                Ok(Self::prepare_all(client).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn prepare_all(client: &Object) -> std::result::Result<Self, tokio_postgres::Error> {
+        // Issued together: the client pipelines them in one round trip.
+        let (advance, claim, copy_spans, copy_events, spans_move, events_move) = futures::try_join!(
+            client.prepare_cached(OFFSETS_ADVANCE),
+            client.prepare_cached(OFFSETS_CLAIM),
+            client.prepare_cached(COPY_SPANS),
+            client.prepare_cached(COPY_EVENTS),
+            client.prepare_cached(SPANS_MOVE),
+            client.prepare_cached(EVENTS_MOVE),
+        )?;
+        Ok(Statements {
+            advance,
+            claim,
+            copy_spans,
+            copy_events,
+            spans_move,
+            events_move,
+        })
+    }
+}
+
+/// The result of one transaction, and whether its connection is fit for reuse.
+struct Attempt {
+    result: Result<WriteOutcome>,
+    /// The transaction ended with an acknowledged COMMIT or ROLLBACK.
+    clean: bool,
+}
+
+impl Attempt {
+    fn failed(e: impl Into<Error>, clean: bool) -> Self {
+        Attempt {
+            result: Err(e.into()),
+            clean,
+        }
+    }
+}
+
+async fn transact(
+    client: &mut Object,
+    stmts: &Statements,
+    batch: &WriteBatch<'_>,
+    rows: &Rows<'_>,
+    fault: Option<&str>,
+) -> Attempt {
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => return Attempt::failed(e, false),
+    };
+    match body(&tx, stmts, batch, rows, fault).await {
+        Ok(Some(stats)) => match tx.commit().await {
+            Ok(()) => Attempt {
+                result: Ok(WriteOutcome::Committed(stats)),
+                clean: true,
+            },
+            // Committed or not, we cannot tell here: resolve_after_failure can.
+            Err(e) => Attempt::failed(e, false),
+        },
+        Ok(None) => {
+            if let Err(e) = tx.rollback().await {
+                return Attempt::failed(e, false);
+            }
+            let pg: &tokio_postgres::Client = client;
+            let result = offsets::read(pg, &batch.key).await;
+            tracing::debug!(
+                partition = ?batch.key,
+                expected = ?batch.expected,
+                stored = ?result.as_ref().ok(),
+                "batch fenced"
+            );
+            Attempt {
+                result: result.map(|stored| WriteOutcome::Fenced { stored }),
+                clean: true,
+            }
+        }
+        Err(e) => {
+            let clean = tx.rollback().await.is_ok();
+            Attempt::failed(e, clean)
+        }
+    }
+}
+
+/// The statements of the transaction; `None` when the batch is fenced.
+async fn body(
+    tx: &Transaction<'_>,
+    stmts: &Statements,
+    batch: &WriteBatch<'_>,
+    rows: &Rows<'_>,
+    fault: Option<&str>,
+) -> Result<Option<WriteStats>> {
+    // First, so that a fenced batch does no work, and so that the offset row
+    // lock serialises the writers of one partition from here on.
+    if !fence(tx, stmts, batch).await? {
+        return Ok(None);
+    }
+    let mut stats = WriteStats::default();
+    if !rows.spans.is_empty() {
+        copy::copy_spans(tx, &stmts.copy_spans, &rows.spans).await?;
+        let moved = tx.query_one(&stmts.spans_move, &[]).await?;
+        stats.spans_inserted = count(moved.try_get("spans_inserted")?);
+        stats.links_inserted = count(moved.try_get("links_inserted")?);
+        stats.traces_touched = count(moved.try_get("traces_touched")?);
+    }
+    if !rows.events.is_empty() {
+        copy::copy_events(tx, &stmts.copy_events, &rows.events).await?;
+        stats.events_inserted = tx.execute(&stmts.events_move, &[]).await?;
+    }
+    stats.spans_duplicate = (rows.total_spans as u64).saturating_sub(stats.spans_inserted);
+    if let Some(name) = fault {
+        if rows.spans.iter().any(|s| s.name == name) {
+            panic!("fault injection: batch holds a span named {name:?}");
+        }
+    }
+    Ok(Some(stats))
+}
+
+/// Claims the batch's offset range: true when this transaction now holds it.
+async fn fence(tx: &Transaction<'_>, stmts: &Statements, batch: &WriteBatch<'_>) -> Result<bool> {
+    let k = &batch.key;
+    let changed = match batch.expected {
+        Some(expected) => {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+                &k.group,
+                &k.topic,
+                &k.partition,
+                &expected,
+                &batch.next_offset,
+            ];
+            tx.execute(&stmts.advance, &params).await?
+        }
+        None => {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&k.group, &k.topic, &k.partition, &batch.next_offset];
+            tx.execute(&stmts.claim, &params).await?
+        }
+    };
+    Ok(changed == 1)
+}
+
+/// `count(*)` is never negative.
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// A pooled connection inside a transaction. Unless released after an
+/// acknowledged COMMIT or ROLLBACK, dropping it (a panic, a cancelled future,
+/// an unknown outcome) takes the connection out of the pool and closes it, so
+/// that the server aborts whatever was in flight and no later batch inherits
+/// a half-done transaction or COPY.
+struct TxConnection {
+    client: Option<Object>,
+}
+
+impl TxConnection {
+    fn new(client: Object) -> Self {
+        TxConnection {
+            client: Some(client),
+        }
+    }
+
+    fn client(&mut self) -> &mut Object {
+        // Only `release` and `drop` take the client, and both consume self.
+        self.client
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("TxConnection used after release"))
+    }
+
+    /// Returns the connection to the pool.
+    fn release(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for TxConnection {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            tracing::warn!("closing a connection whose transaction did not finish cleanly");
+            // Detached from the pool, the client closes its socket when dropped.
+            drop(Object::take(client));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SpanEventRow;
+
+    fn span(tenant: &str, id: u8, start: i64) -> SpanRow {
+        SpanRow {
+            tenant_id: Arc::from(tenant),
+            trace_id: [1; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            flags: 0,
+            name: format!("s{id}"),
+            kind: 1,
+            start_unix_nano: start,
+            end_unix_nano: start + 1,
+            status_code: 0,
+            status_message: String::new(),
+            service_name: None,
+            resource_attributes: Arc::from("{}"),
+            scope_name: Arc::from(""),
+            scope_version: Arc::from(""),
+            attributes: "{}".into(),
+            dropped_attributes_count: 0,
+            dropped_events_count: 0,
+            dropped_links_count: 0,
+            links: "[]".into(),
+            link_count: 0,
+            event_count: 1,
+        }
+    }
+
+    fn event(s: &SpanRow, name: &str) -> SpanEventRow {
+        SpanEventRow {
+            tenant_id: s.tenant_id.clone(),
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            span_start_unix_nano: s.start_unix_nano,
+            event_index: 0,
+            time_unix_nano: s.start_unix_nano,
+            name: name.into(),
+            attributes: "{}".into(),
+            dropped_attributes_count: 0,
+        }
+    }
+
+    fn message(spans: Vec<SpanRow>, event_name: &str) -> DecodedTraces {
+        let events = spans.iter().map(|s| event(s, event_name)).collect();
+        DecodedTraces {
+            spans,
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn first_copy_of_a_span_wins_with_its_events() {
+        let a = message(vec![span("t", 1, 10), span("t", 2, 10)], "first");
+        let b = message(vec![span("t", 2, 10), span("t", 3, 10)], "second");
+        let rows = Rows::dedupe(&[&a, &b]);
+        assert_eq!(rows.total_spans, 4);
+        let ids: Vec<u8> = rows.spans.iter().map(|s| s.span_id[0]).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let events: Vec<(u8, &str)> = rows
+            .events
+            .iter()
+            .map(|e| (e.span_id[0], e.name.as_str()))
+            .collect();
+        assert_eq!(events, [(1, "first"), (2, "first"), (3, "second")]);
+    }
+
+    #[test]
+    fn tenant_and_start_are_part_of_the_identity() {
+        let a = message(
+            vec![span("t", 1, 10), span("u", 1, 10), span("t", 1, 11)],
+            "e",
+        );
+        assert_eq!(Rows::dedupe(&[&a]).spans.len(), 3);
+    }
+
+    #[test]
+    fn days_cover_spans_and_events() {
+        let day = 86_400 * 1_000_000_000;
+        let a = message(vec![span("t", 1, day + 5), span("t", 2, 3 * day)], "e");
+        let b = message(vec![span("t", 3, day)], "e");
+        assert_eq!(Rows::dedupe(&[&a, &b]).days(), [1, 3]);
+    }
+
+    /// Compiles only if a write can run on a multi-threaded runtime's task.
+    fn _write_future_is_send(w: &Writer, b: &WriteBatch<'_>) {
+        fn assert_send<T: Send>(_: T) {}
+        assert_send(w.write(b));
+    }
+}

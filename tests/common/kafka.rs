@@ -1,0 +1,116 @@
+//! Producing fixtures and reading offsets back from a Kafka-protocol broker.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces one message and returns its (partition, offset).
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    tenant: Option<&str>,
+    payload: &[u8],
+) -> (i32, i64) {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .payload(payload);
+    if let Some(t) = tenant {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: "X-Scope-OrgID",
+            value: Some(t),
+        }));
+    }
+    let delivery = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .expect("delivered");
+    (delivery.partition, delivery.offset)
+}
+
+fn client(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// The group's committed offsets in Kafka, per partition (`None`: nothing committed).
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Option<i64>> {
+    let c = client(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// Commits offsets for a group from outside it, as a previous owner would have.
+pub fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    let c = client(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+}
+
+/// The end (high watermark) offset of each partition.
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c = client(bootstrap, "spansink-test-watermarks");
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/otlp/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// (low, high) watermarks of one partition.
+pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
+    client(bootstrap, "spansink-test-watermarks")
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
+}

@@ -1,0 +1,8 @@
+//! Shared helpers for the integration tests.
+
+#![allow(dead_code)]
+
+pub mod db;
+pub mod kafka;
+pub mod spansink;
+pub mod traffic;

@@ -1,0 +1,128 @@
+//! The offset in PostgreSQL is the source of truth: a partition resumes exactly
+//! at its stored offset, whether Kafka's committed offset is behind or ahead of
+//! it, and a gap in the partition's offsets is crossed, not tripped over.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use common::db::TestDb;
+use common::kafka::{commit_offsets, produce, producer};
+use common::spansink::{wait_for, Instance};
+use common::traffic::{generator, produce_traffic, span_count, stored_offsets, Produced};
+use prost::Message as _;
+use spansink::kafka::mock::MockKafka;
+use spansink::otlp::common::v1::{any_value, AnyValue, KeyValue};
+
+const TOPIC: &str = "otlp_spans";
+
+async fn set_stored_offset(db: &TestDb, group: &str, partition: i32, next: i64) {
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO ingest_offsets (consumer_group, topic, partition, next_offset, updated_at)
+             VALUES ($1, $2, $3, $4, now())",
+            &[&group, &TOPIC, &partition, &next],
+        )
+        .await
+        .expect("insert offset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_resume_at_the_postgres_offset_whatever_kafka_committed() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(3).expect("mock kafka");
+    kafka.create_topic(TOPIC, 2).expect("topic");
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let mut gen = generator(11, 5);
+    let produced = produce_traffic(&bootstrap, TOPIC, 2, 20, &mut gen).await; // 10 per partition
+
+    // Partition 0: PostgreSQL ahead of Kafka (a late commit, expired group offsets).
+    // Partition 1: PostgreSQL behind Kafka (a database restored from a backup).
+    let group = "g-resume";
+    set_stored_offset(&db, group, 0, 6).await;
+    set_stored_offset(&db, group, 1, 3).await;
+    commit_offsets(&bootstrap, group, TOPIC, &[(0, 2), (1, 8)]);
+
+    let _instance = Instance::spawn(&bootstrap, &db.url, group, &[]);
+    let ends = produced.end_offsets();
+    wait_for(
+        "both partitions at their end",
+        Duration::from_secs(60),
+        || async { stored_offsets(&db, group, TOPIC).await == ends },
+    )
+    .await;
+    // Exactly the messages at and above each stored offset were written.
+    let below: BTreeMap<i32, i64> = BTreeMap::from([(0, 6), (1, 3)]);
+    let expected = produced.total_spans() - produced.spans_below(&below);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(span_count(&db).await as usize, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_offsets_is_crossed_and_counted() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    kafka.create_topic(TOPIC, 1).expect("topic");
+    let bootstrap = kafka.bootstrap_servers().to_string();
+
+    // The mock keeps about 5 MiB per partition: 14 messages of ~512 KiB push the
+    // first ones out, so the partition's log starts above offset 0.
+    let p = producer(&bootstrap);
+    let mut gen = generator(12, 2);
+    let mut produced = Produced::default();
+    for _ in 0..14 {
+        let mut msg = gen.next_message(SystemTime::now());
+        let padding = KeyValue {
+            key: "padding".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".repeat(512 << 10))),
+            }),
+        };
+        msg.request.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .push(padding);
+        let (part, offset) = produce(
+            &p,
+            TOPIC,
+            0,
+            Some(&msg.tenant),
+            &msg.request.encode_to_vec(),
+        )
+        .await;
+        produced
+            .messages
+            .entry(part)
+            .or_default()
+            .push((offset, msg.span_count));
+    }
+    let (low, high) = common::kafka::watermarks(&bootstrap, TOPIC, 0);
+    assert!(
+        low > 0,
+        "the test needs a partition whose log no longer starts at 0"
+    );
+    assert_eq!(high, 14);
+
+    let group = "g-gap";
+    set_stored_offset(&db, group, 0, 0).await;
+    let instance = Instance::spawn(&bootstrap, &db.url, group, &["--max-message-bytes=1048576"]);
+    wait_for(
+        "the partition reaches its end",
+        Duration::from_secs(60),
+        || async { stored_offsets(&db, group, TOPIC).await.get(&0) == Some(&14) },
+    )
+    .await;
+    let kept = BTreeMap::from([(0, low)]);
+    assert_eq!(
+        span_count(&db).await as usize,
+        produced.total_spans() - produced.spans_below(&kept)
+    );
+    let metrics = instance.scrape().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spansink_offset_gaps_total") && !l.ends_with(" 0")),
+        "the gap is counted:\n{metrics}"
+    );
+}

@@ -1,0 +1,308 @@
+//! Recovery end to end: SIGKILL and restart, a rebalance between two
+//! instances, PostgreSQL connections killed mid-stream, a panic in the write
+//! path, and SIGTERM under load. Every span is stored exactly once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::db::TestDb;
+use common::kafka::{committed_offsets, end_offsets, produce, producer};
+use common::spansink::{wait_for, Instance};
+use common::traffic::{
+    assert_traces_exact, generator, marked_message, produce_traffic, span_count, stored_offsets,
+};
+use spansink::kafka::mock::MockKafka;
+
+const TOPIC: &str = "otlp_spans";
+
+fn cluster(partitions: i32) -> (MockKafka, String) {
+    let kafka = MockKafka::start(3).expect("mock kafka");
+    kafka.create_topic(TOPIC, partitions).expect("topic");
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    (kafka, bootstrap)
+}
+
+async fn wait_stored(db: &TestDb, group: &str, expected_spans: usize, timeout: Duration) {
+    wait_for(
+        &format!("{expected_spans} spans stored"),
+        timeout,
+        || async { span_count(db).await == expected_spans as i64 },
+    )
+    .await;
+    // And nothing more arrives after a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(span_count(db).await, expected_spans as i64);
+    let _ = group;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_stores_every_span_once() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(4);
+    let mut gen = generator(1, 40);
+    let mut produced = produce_traffic(&bootstrap, TOPIC, 4, 200, &mut gen).await;
+
+    let mut first = Instance::spawn(&bootstrap, &db.url, "g-kill", &["--batch-max-messages=5"]);
+    wait_for(
+        "some batches committed",
+        Duration::from_secs(30),
+        || async { span_count(&db).await > 0 },
+    )
+    .await;
+    first.kill9();
+    let stored_at_kill = span_count(&db).await as usize;
+    assert!(
+        stored_at_kill < produced.total_spans(),
+        "killed mid-stream, not after the end"
+    );
+
+    produced.extend(produce_traffic(&bootstrap, TOPIC, 4, 40, &mut gen).await);
+    let _second = Instance::spawn(&bootstrap, &db.url, "g-kill", &[]);
+    wait_stored(
+        &db,
+        "g-kill",
+        produced.total_spans(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_traces_exact(&db).await;
+    assert_eq!(
+        stored_offsets(&db, "g-kill", TOPIC).await,
+        produced.end_offsets()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_a_rebalance_mid_stream_store_every_span_once() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(4);
+    let mut gen = generator(2, 30);
+    let mut produced = produce_traffic(&bootstrap, TOPIC, 4, 120, &mut gen).await;
+
+    let mut a = Instance::spawn(&bootstrap, &db.url, "g-two", &["--batch-max-messages=5"]);
+    wait_for("a started", Duration::from_secs(30), || async {
+        span_count(&db).await > 0
+    })
+    .await;
+    let b = Instance::spawn(&bootstrap, &db.url, "g-two", &["--batch-max-messages=5"]);
+    produced.extend(produce_traffic(&bootstrap, TOPIC, 4, 120, &mut gen).await);
+    wait_for("b took partitions", Duration::from_secs(30), || async {
+        b.logs().contains("partition assigned")
+    })
+    .await;
+    produced.extend(produce_traffic(&bootstrap, TOPIC, 4, 80, &mut gen).await);
+    // A leaves: its partitions move to B.
+    a.sigterm();
+    assert!(a
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    produced.extend(produce_traffic(&bootstrap, TOPIC, 4, 40, &mut gen).await);
+
+    wait_stored(
+        &db,
+        "g-two",
+        produced.total_spans(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_traces_exact(&db).await;
+    assert_eq!(
+        stored_offsets(&db, "g-two", TOPIC).await,
+        produced.end_offsets()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_mid_stream_lose_and_duplicate_nothing() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(4);
+    let mut gen = generator(3, 40);
+    let mut instance =
+        Instance::spawn(&bootstrap, &db.url, "g-pgkill", &["--batch-max-messages=4"]);
+    let mut produced = produce_traffic(&bootstrap, TOPIC, 4, 8, &mut gen).await;
+    wait_for("ingest under way", Duration::from_secs(30), || async {
+        span_count(&db).await > 0
+    })
+    .await;
+    // Kill spansink's connections while they are inside a statement or a
+    // transaction, for as long as traffic flows.
+    let killer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("admin");
+            tokio::spawn(conn);
+            let mut killed = 0i64;
+            for _ in 0..600 {
+                let row = admin
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE datname = current_database() AND application_name = 'spansink'
+                           AND state IN ('active', 'idle in transaction') AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .expect("terminate");
+                killed += row.get::<_, i64>(0);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            killed
+        }
+    });
+    for _ in 0..10 {
+        produced.extend(produce_traffic(&bootstrap, TOPIC, 4, 20, &mut gen).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let killed = killer.await.expect("killer");
+    assert!(
+        killed > 0,
+        "the test must kill connections mid-transaction to mean anything"
+    );
+    wait_stored(
+        &db,
+        "g-pgkill",
+        produced.total_spans(),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(
+        instance.is_running(),
+        "spansink must survive killed connections"
+    );
+    assert_traces_exact(&db).await;
+    assert_eq!(
+        stored_offsets(&db, "g-pgkill", TOPIC).await,
+        produced.end_offsets()
+    );
+    let metrics = instance.scrape().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spansink_transient_retries_total") && !l.ends_with(" 0")),
+        "retries are counted:\n{metrics}\n{}",
+        instance.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_write_path_rolls_back_and_moves_no_offset() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(2);
+    let mut gen = generator(4, 10);
+    let p = producer(&bootstrap);
+    // Partition 0: two good messages, then the marker, then another good one.
+    let mut good0 = 0;
+    for _ in 0..2 {
+        let (tenant, payload, n) = marked_message(&mut gen, "ordinary");
+        produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
+        good0 += n;
+    }
+    let (tenant, payload, _) = marked_message(&mut gen, "panic-marker");
+    let (_, marker_offset) = produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
+    let (tenant, payload, _) = marked_message(&mut gen, "ordinary");
+    produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
+    // Partition 1 is unaffected.
+    let mut other = 0;
+    let mut other_end = 0;
+    for _ in 0..5 {
+        let (tenant, payload, n) = marked_message(&mut gen, "ordinary");
+        let (_, offset) = produce(&p, TOPIC, 1, Some(&tenant), &payload).await;
+        other += n;
+        other_end = offset + 1;
+    }
+
+    // One message per batch, so that the good messages before the marker commit.
+    let mut instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-panic",
+        &[
+            "--batch-max-messages=1",
+            "--fault-panic-span-name=panic-marker",
+        ],
+    );
+    wait_for(
+        "partition 1 stored and partition 0 stopped",
+        Duration::from_secs(60),
+        || async {
+            span_count(&db).await as usize == good0 + other
+                && instance.logs().contains("partition stopped")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = db.client().await;
+    let marked: i64 = client
+        .query_one(
+            "SELECT count(*) FROM spans WHERE name = 'panic-marker'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(marked, 0, "the panicking batch rolled back");
+    let offsets = stored_offsets(&db, "g-panic", TOPIC).await;
+    assert_eq!(
+        offsets.get(&0),
+        Some(&marker_offset),
+        "offset stops before the marker"
+    );
+    assert_eq!(
+        offsets.get(&1),
+        Some(&other_end),
+        "the other partition moved on"
+    );
+    assert!(
+        instance.is_running(),
+        "a panic never takes the process down"
+    );
+    assert!(instance.scrape().await.contains("spansink_panics_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_zero_with_offsets_matching_rows() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(4);
+    let mut gen = generator(5, 40);
+    let mut produced = produce_traffic(&bootstrap, TOPIC, 4, 100, &mut gen).await;
+    let mut instance = Instance::spawn(&bootstrap, &db.url, "g-term", &["--batch-max-messages=3"]);
+    wait_for("ingest under way", Duration::from_secs(30), || async {
+        span_count(&db).await > 0
+    })
+    .await;
+    // Keep producing while it shuts down.
+    let more = tokio::spawn({
+        let bootstrap = bootstrap.clone();
+        async move {
+            let mut gen = generator(6, 40);
+            produce_traffic(&bootstrap, TOPIC, 4, 60, &mut gen).await
+        }
+    });
+    instance.sigterm();
+    let status = instance
+        .wait_exit(Duration::from_secs(15))
+        .expect("exit within the drain deadline");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        instance.logs()
+    );
+    produced.extend(more.await.expect("producer"));
+
+    // Everything below each stored offset is stored, nothing above it.
+    let stored = stored_offsets(&db, "g-term", TOPIC).await;
+    assert_eq!(
+        span_count(&db).await as usize,
+        produced.spans_below(&stored)
+    );
+    assert_traces_exact(&db).await;
+    // And Kafka's committed offsets say the same.
+    let committed = committed_offsets(&bootstrap, "g-term", TOPIC, 4);
+    for (p, next) in &stored {
+        assert_eq!(committed[*p as usize], Some(*next), "partition {p}");
+    }
+    let ends = end_offsets(&bootstrap, TOPIC, 4);
+    assert!(stored.iter().all(|(p, o)| *o <= ends[*p as usize]));
+}
