@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
         "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",
+        "proto/spansink/v1/dead_letter.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     // The build-info metric names the commit; a build outside a git checkout says "unknown".

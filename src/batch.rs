@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::Error;
-use crate::model::DecodedTraces;
 
-/// One Kafka message as the batch holds it: the original bytes (kept for the
-/// dead-letter path, which must publish them unchanged) and their decoding.
+/// One Kafka message as the batch holds it: the original bytes, kept unchanged
+/// for the dead-letter path. Decoding waits until the batch is processed, after
+/// the crash guard has recorded its range.
 #[derive(Debug)]
 pub struct Pending {
     pub offset: i64,
@@ -18,8 +18,8 @@ pub struct Pending {
     pub key: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub payload: Vec<u8>,
-    pub tenant: Option<std::sync::Arc<str>>,
-    pub decoded: Result<DecodedTraces, Error>,
+    /// The tenant, or why the message has none.
+    pub tenant: Result<std::sync::Arc<str>, Error>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -94,19 +94,16 @@ impl Batch {
         let mut tenants: Vec<&str> = self
             .messages
             .iter()
-            .filter_map(|m| m.tenant.as_deref())
+            .filter_map(|m| m.tenant.as_deref().ok())
             .collect();
         tenants.sort_unstable();
         tenants.dedup();
         tenants.len()
     }
 
-    pub fn span_count(&self) -> usize {
-        self.messages
-            .iter()
-            .filter_map(|m| m.decoded.as_ref().ok())
-            .map(|d| d.spans.len())
-            .sum()
+    /// The oldest Kafka timestamp in the batch, for lag in seconds.
+    pub fn first_timestamp_ms(&self) -> Option<i64> {
+        self.messages.iter().filter_map(|m| m.timestamp_ms).min()
     }
 }
 
@@ -127,8 +124,7 @@ mod tests {
             key: None,
             headers: vec![],
             payload: vec![0; len],
-            tenant: None,
-            decoded: Ok(DecodedTraces::default()),
+            tenant: Ok("t".into()),
         }
     }
 

@@ -10,7 +10,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Parser)]
-#[command(name = "spansink", version = crate::VERSION, about = "OpenTelemetry traces from Kafka into PostgreSQL, exactly once")]
+#[command(
+    name = "spansink",
+    version = crate::VERSION,
+    about = "OpenTelemetry traces from Kafka into PostgreSQL, exactly once",
+    // A later flag overrides an earlier one, as wrapper scripts expect.
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -28,6 +34,10 @@ pub enum Command {
     Loadgen(crate::cmd::loadgen::LoadgenArgs),
     /// Start an embedded Kafka, produce traffic, ingest it into PostgreSQL and report.
     Demo(crate::cmd::demo::DemoArgs),
+    /// Re-ingest dead letters from the DLQ topic or a spool directory.
+    Replay(Box<crate::cmd::replay::ReplayArgs>),
+    /// Inspect and drain the local poison spool.
+    Spool(crate::cmd::spool::SpoolArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,12 +247,94 @@ pub struct RunArgs {
     /// or when their partitions are revoked; then they roll back.
     #[arg(long, env = "SPANSINK_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
     pub drain_timeout: Duration,
-    /// Directory for the poison spool.
-    #[arg(long, env = "SPANSINK_SPOOL_DIR", default_value = "spool")]
-    pub spool_dir: PathBuf,
+    #[command(flatten)]
+    pub poison: PoisonArgs,
+    /// Names this instance in dead letters and logs (default: the host name).
+    #[arg(long, env = "SPANSINK_INSTANCE_ID", default_value_t = default_instance_id())]
+    pub instance_id: String,
     /// Test-only fault injection: panic while writing a batch that holds a span of this name.
     #[arg(long, env = "SPANSINK_FAULT_PANIC_SPAN_NAME", hide = true)]
     pub fault_panic_span_name: Option<String>,
+    /// Test-only fault injection: abort the process when decoding a payload that holds this text.
+    #[arg(long, env = "SPANSINK_FAULT_ABORT_MARKER", hide = true)]
+    pub fault_abort_marker: Option<String>,
+}
+
+/// The host name, for dead letters' `instance` header.
+pub fn default_instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "spansink".to_string())
+}
+
+/// The poison path: spool, DLQ topic, crash guard, circuit breaker.
+#[derive(Debug, Clone, Args)]
+pub struct PoisonArgs {
+    /// Directory of the poison spool (dead letters waiting for the DLQ topic).
+    #[arg(long, env = "SPANSINK_SPOOL_DIR", default_value = "spool")]
+    pub spool_dir: PathBuf,
+    /// Spool entries at which consumption pauses (nothing is dropped).
+    #[arg(long, env = "SPANSINK_SPOOL_MAX_ENTRIES", default_value_t = 10_000)]
+    pub spool_max_entries: usize,
+    /// Spool bytes at which consumption pauses (nothing is dropped).
+    #[arg(long, env = "SPANSINK_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// Dead-letter topic.
+    #[arg(long, env = "SPANSINK_DLQ_TOPIC", default_value = "spansink.dlq")]
+    pub dlq_topic: String,
+    /// How long one DLQ publish may wait for the broker before it is retried later.
+    #[arg(long, env = "SPANSINK_DLQ_MESSAGE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub dlq_message_timeout: Duration,
+    /// Process deaths on the same offset range before it is processed one message
+    /// at a time, and on one message before it is dead-lettered unread.
+    #[arg(long, env = "SPANSINK_CRASH_THRESHOLD", default_value_t = 3)]
+    pub crash_threshold: u32,
+    /// Share of poison among recent messages above which the circuit breaker opens.
+    #[arg(long, env = "SPANSINK_BREAKER_THRESHOLD", default_value_t = 0.5)]
+    pub breaker_threshold: f64,
+    /// Recent messages the circuit breaker looks at, per topic.
+    #[arg(long, env = "SPANSINK_BREAKER_WINDOW", default_value_t = 1000)]
+    pub breaker_window: usize,
+    /// The circuit breaker never opens on fewer messages than this.
+    #[arg(long, env = "SPANSINK_BREAKER_MIN_MESSAGES", default_value_t = 100)]
+    pub breaker_min_messages: usize,
+    /// How long an open circuit breaker waits before letting a probe batch through.
+    #[arg(long, env = "SPANSINK_BREAKER_COOLDOWN", value_parser = parse_duration, default_value = "60s")]
+    pub breaker_cooldown: Duration,
+}
+
+impl PoisonArgs {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.breaker_threshold) {
+            return Err(Error::config(
+                "--breaker-threshold",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.breaker_window == 0 {
+            return Err(Error::config("--breaker-window", "must be at least 1"));
+        }
+        if self.breaker_min_messages > self.breaker_window {
+            return Err(Error::config(
+                "--breaker-min-messages",
+                "must not exceed --breaker-window",
+            ));
+        }
+        if self.crash_threshold == 0 {
+            return Err(Error::config("--crash-threshold", "must be at least 1"));
+        }
+        if self.spool_max_entries == 0 || self.spool_max_bytes == 0 {
+            return Err(Error::config(
+                "--spool-max-entries",
+                "spool limits must be above zero",
+            ));
+        }
+        parse_topic_spec(&self.dlq_topic).map_err(|e| Error::config("--dlq-topic", e))?;
+        Ok(())
+    }
 }
 
 /// librdkafka settings that would break spansink's delivery guarantees.
@@ -356,6 +448,15 @@ impl RunArgs {
         self.db.validate()?;
         self.kafka.validate()?;
         self.ingest.validate()?;
+        self.poison.validate()?;
+        if self
+            .ingest
+            .traces_topics
+            .iter()
+            .any(|t| t.name == self.poison.dlq_topic)
+        {
+            return Err(Error::config("--dlq-topic", "must not be a consumed topic"));
+        }
         if self.db.pg_pool_size < 2 {
             return Err(Error::config(
                 "--pg-pool-size",

@@ -60,6 +60,11 @@ pub enum Reason {
     PgProgramLimit,
     /// The code panicked while decoding or writing this message.
     Panic,
+    /// The process died repeatedly while this message alone was being processed.
+    CrashLoop,
+    /// A record read back from the DLQ topic lacks spansink's headers or holds
+    /// malformed ones, so it cannot be replayed.
+    BadDeadLetter,
 }
 
 impl Reason {
@@ -80,13 +85,17 @@ impl Reason {
             Reason::PgIntegrityViolation => "pg_integrity_violation",
             Reason::PgProgramLimit => "pg_program_limit",
             Reason::Panic => "panic",
+            Reason::CrashLoop => "crash_loop",
+            Reason::BadDeadLetter => "bad_dead_letter",
         }
     }
 
     /// Where in the pipeline this reason is found: the DLQ `stage` header.
     pub fn stage(self) -> &'static str {
         match self {
-            Reason::BadProtobuf | Reason::InvalidUtf8 | Reason::BadJson => "decode",
+            Reason::BadProtobuf | Reason::InvalidUtf8 | Reason::BadJson | Reason::BadDeadLetter => {
+                "decode"
+            }
             Reason::InvalidId
             | Reason::InvalidTenant
             | Reason::MissingTenant
@@ -98,9 +107,30 @@ impl Reason {
             | Reason::PgCardinalityViolation
             | Reason::PgIntegrityViolation
             | Reason::PgProgramLimit => "write",
-            Reason::Panic => "panic",
+            Reason::Panic | Reason::CrashLoop => "crash",
         }
     }
+
+    /// Every reason, for metrics that start at zero.
+    pub const ALL: [Reason; 17] = [
+        Reason::BadProtobuf,
+        Reason::InvalidUtf8,
+        Reason::BadJson,
+        Reason::InvalidId,
+        Reason::InvalidTenant,
+        Reason::MissingTenant,
+        Reason::MessageTooLarge,
+        Reason::ValueTooDeep,
+        Reason::TooManyAttributes,
+        Reason::TimestampOutOfWindow,
+        Reason::PgDataException,
+        Reason::PgCardinalityViolation,
+        Reason::PgIntegrityViolation,
+        Reason::PgProgramLimit,
+        Reason::Panic,
+        Reason::CrashLoop,
+        Reason::BadDeadLetter,
+    ];
 }
 
 impl fmt::Display for Reason {
@@ -327,25 +357,9 @@ mod tests {
 
     #[test]
     fn every_reason_has_a_stage_and_label() {
-        for r in [
-            Reason::BadProtobuf,
-            Reason::InvalidUtf8,
-            Reason::BadJson,
-            Reason::InvalidId,
-            Reason::InvalidTenant,
-            Reason::MissingTenant,
-            Reason::MessageTooLarge,
-            Reason::ValueTooDeep,
-            Reason::TooManyAttributes,
-            Reason::TimestampOutOfWindow,
-            Reason::PgDataException,
-            Reason::PgCardinalityViolation,
-            Reason::PgIntegrityViolation,
-            Reason::PgProgramLimit,
-            Reason::Panic,
-        ] {
+        for r in Reason::ALL {
             assert!(!r.as_str().is_empty());
-            assert!(["decode", "validate", "write", "panic"].contains(&r.stage()));
+            assert!(["decode", "validate", "write", "crash"].contains(&r.stage()));
             assert_eq!(Error::input(r, "x").class(), Class::Poison);
         }
     }

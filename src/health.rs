@@ -1,7 +1,7 @@
 //! Liveness and readiness, as the pipeline's loops report them.
 //!
 //! Ready means: PostgreSQL reachable, the consumer has joined its group, every
-//! subscribed topic exists. Live means: the main loop made progress recently.
+//! subscribed topic exists, the spool is not full, and no circuit breaker is open. Live means: the main loop made progress recently.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,6 +11,8 @@ pub struct Health {
     joined: AtomicBool,
     topics_missing: AtomicBool,
     pg_down: AtomicBool,
+    spool_full: AtomicBool,
+    breaker_open: AtomicBool,
     /// Unix seconds of the main loop's last turn.
     heartbeat: AtomicU64,
 }
@@ -34,6 +36,14 @@ impl Health {
         self.pg_down.store(down, Ordering::Relaxed);
     }
 
+    pub fn set_spool_full(&self, full: bool) {
+        self.spool_full.store(full, Ordering::Relaxed);
+    }
+
+    pub fn set_breaker_open(&self, open: bool) {
+        self.breaker_open.store(open, Ordering::Relaxed);
+    }
+
     pub fn heartbeat(&self) {
         self.heartbeat.store(unix_now(), Ordering::Relaxed);
     }
@@ -46,6 +56,12 @@ impl Health {
         }
         if self.topics_missing.load(Ordering::Relaxed) {
             reasons.push("waiting for topics to exist");
+        }
+        if self.spool_full.load(Ordering::Relaxed) {
+            reasons.push("spool full");
+        }
+        if self.breaker_open.load(Ordering::Relaxed) {
+            reasons.push("circuit breaker open");
         }
         if !self.joined.load(Ordering::Relaxed) {
             reasons.push("consumer has not joined its group");

@@ -18,6 +18,7 @@ pub mod otlp;
 pub mod partition;
 pub mod pg;
 pub mod pipeline;
+pub mod poison;
 pub mod retry;
 pub mod shutdown;
 pub mod tenant;

@@ -48,6 +48,10 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
         Command::Loadgen(args) => cmd::loadgen::run(&args)
             .await
             .map(|report| println!("{report}")),
+        Command::Replay(args) => cmd::replay::run(&args)
+            .await
+            .map(|report| println!("{report}")),
+        Command::Spool(args) => cmd::spool::run(&args).await,
         Command::Demo(args) => {
             let metrics = spansink::metrics::install()?;
             let shutdown =

@@ -35,9 +35,22 @@ pub const CONSUMER_LAG_MESSAGES: &str = "spansink_consumer_lag_messages";
 pub const CONSUMER_LAG_SECONDS: &str = "spansink_consumer_lag_seconds";
 // Failures.
 pub const TRANSIENT_RETRIES: &str = "spansink_transient_retries_total";
-pub const PERMANENT_FAILURES: &str = "spansink_permanent_failures_total";
 pub const PANICS: &str = "spansink_panics_total";
 pub const SANITIZED_VALUES: &str = "spansink_sanitized_values_total";
+// The poison path.
+pub const DEAD_LETTERS: &str = "spansink_dead_letters_total";
+pub const DLQ_PUBLISHED: &str = "spansink_dlq_published_total";
+pub const DLQ_PUBLISH_FAILURES: &str = "spansink_dlq_publish_failures_total";
+pub const SPOOL_ENTRIES: &str = "spansink_spool_entries";
+pub const SPOOL_BYTES: &str = "spansink_spool_bytes";
+pub const SPOOL_OLDEST_AGE_SECONDS: &str = "spansink_spool_oldest_entry_age_seconds";
+pub const SPOOL_CAPACITY_ENTRIES: &str = "spansink_spool_capacity_entries";
+pub const SPOOL_CAPACITY_BYTES: &str = "spansink_spool_capacity_bytes";
+pub const SPOOL_QUARANTINED: &str = "spansink_spool_quarantined_total";
+pub const SPOOL_SUPERSEDED: &str = "spansink_spool_superseded_total";
+pub const CRASH_GUARD_RANGES: &str = "spansink_crash_guard_ranges_total";
+pub const BREAKER_STATE: &str = "spansink_circuit_breaker_state";
+pub const BREAKER_TRIPS: &str = "spansink_circuit_breaker_trips_total";
 // Process.
 pub const BUILD_INFO: &str = "spansink_build_info";
 pub const READY: &str = "spansink_ready";
@@ -175,11 +188,6 @@ fn describe() {
         "Retries after a transient failure, by kind."
     );
     describe_counter!(
-        PERMANENT_FAILURES,
-        Unit::Count,
-        "Messages that can never be written, by stage and reason."
-    );
-    describe_counter!(
         PANICS,
         Unit::Count,
         "Panics caught while decoding or writing."
@@ -188,6 +196,63 @@ fn describe() {
         SANITIZED_VALUES,
         Unit::Count,
         "Values changed so that PostgreSQL accepts them, by kind (nul, nonfinite_float)."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Messages dead-lettered (durably spooled), by topic, stage and reason."
+    );
+    describe_counter!(
+        DLQ_PUBLISHED,
+        Unit::Count,
+        "Dead letters acknowledged by the DLQ topic's broker."
+    );
+    describe_counter!(
+        DLQ_PUBLISH_FAILURES,
+        Unit::Count,
+        "DLQ publish attempts that failed and will be retried."
+    );
+    describe_gauge!(
+        SPOOL_ENTRIES,
+        Unit::Count,
+        "Dead letters in the local spool, waiting for the DLQ."
+    );
+    describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes of dead letters in the local spool."
+    );
+    describe_gauge!(
+        SPOOL_OLDEST_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest spool entry; 0 when the spool is empty."
+    );
+    describe_gauge!(
+        SPOOL_CAPACITY_ENTRIES,
+        Unit::Count,
+        "The spool's entry limit; consumption pauses when it is reached."
+    );
+    describe_gauge!(
+        SPOOL_CAPACITY_BYTES,
+        Unit::Bytes,
+        "The spool's byte limit; consumption pauses when it is reached."
+    );
+    describe_counter!(
+        SPOOL_QUARANTINED,
+        Unit::Count,
+        "Torn or corrupt spool entries moved to the quarantine folder."
+    );
+    describe_counter!(SPOOL_SUPERSEDED, Unit::Count, "Spool entries discarded at start because their PostgreSQL commit never happened; the message is consumed again.");
+    describe_counter!(CRASH_GUARD_RANGES, Unit::Count, "Batches processed one message at a time because the process died with their range in flight.");
+    describe_gauge!(
+        BREAKER_STATE,
+        Unit::Count,
+        "Poison-rate circuit breaker per topic: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        BREAKER_TRIPS,
+        Unit::Count,
+        "Times the poison-rate circuit breaker opened, per topic."
     );
     describe_gauge!(
         BUILD_INFO,
@@ -227,6 +292,96 @@ pub fn install() -> Result<PrometheusHandle> {
         .install_recorder()
         .map_err(setting)?;
     describe();
+    init_process();
     metrics::gauge!(BUILD_INFO, "version" => crate::VERSION, "git_sha" => crate::GIT_SHA).set(1.0);
     Ok(handle)
+}
+
+/// Series a dashboard queries for every topic exist from the start, at zero,
+/// rather than appearing with the first event.
+pub fn init_topic(topic: &str) {
+    let t = topic.to_string();
+    for name in [
+        SPANS_WRITTEN,
+        SPANS_DUPLICATE,
+        SPAN_EVENTS_WRITTEN,
+        SPAN_LINKS_WRITTEN,
+        BATCHES_COMMITTED,
+        KAFKA_COMMIT_FAILURES,
+        BREAKER_TRIPS,
+        CRASH_GUARD_RANGES,
+    ] {
+        metrics::counter!(name, "topic" => t.clone()).increment(0);
+    }
+    for reason in crate::error::Reason::ALL {
+        metrics::counter!(DEAD_LETTERS, "topic" => t.clone(), "stage" => reason.stage(), "reason" => reason.as_str())
+            .increment(0);
+    }
+    metrics::gauge!(BREAKER_STATE, "topic" => t).set(0.0);
+}
+
+/// Per-partition series start at zero when the partition is assigned.
+pub fn init_partition(topic: &str, partition: i32) {
+    let labels = [
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ];
+    metrics::counter!(MESSAGES_CONSUMED, &labels).increment(0);
+    metrics::counter!(BYTES_CONSUMED, &labels).increment(0);
+    metrics::counter!(OFFSET_FENCE_CONFLICTS, &labels).increment(0);
+    metrics::counter!(OFFSET_GAPS, &labels).increment(0);
+    metrics::counter!(MESSAGES_BELOW_STORED_OFFSET, &labels).increment(0);
+    metrics::gauge!(CONSUMER_LAG_MESSAGES, &labels).set(0.0);
+    metrics::gauge!(CONSUMER_LAG_SECONDS, &labels).set(0.0);
+    metrics::gauge!(PARTITION_PAUSED, &labels).set(0.0);
+}
+
+/// Process-wide series, at zero until something happens.
+fn init_process() {
+    for name in [
+        PANICS,
+        DLQ_PUBLISHED,
+        DLQ_PUBLISH_FAILURES,
+        SPOOL_QUARANTINED,
+        SPOOL_SUPERSEDED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in [
+        "pg_connection",
+        "pg_serialization",
+        "pg_deadlock",
+        "pg_resources",
+        "pg_shutdown",
+        "pg_pool_timeout",
+        "pg_other",
+        "kafka",
+        "io",
+    ] {
+        metrics::counter!(TRANSIENT_RETRIES, "kind" => kind).increment(0);
+    }
+    for kind in ["nul", "nonfinite_float"] {
+        metrics::counter!(SANITIZED_VALUES, "kind" => kind).increment(0);
+    }
+    for kind in ["assign", "revoke", "lost"] {
+        metrics::counter!(REBALANCES, "kind" => kind).increment(0);
+    }
+    for name in [
+        ASSIGNED_PARTITIONS,
+        PAUSED_PARTITIONS,
+        STOPPED_PARTITIONS,
+        INFLIGHT_BYTES,
+        READY,
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for name in [
+        BATCH_MESSAGES,
+        BATCH_SPANS,
+        PG_TRANSACTION_SECONDS,
+        END_TO_END_LATENCY_SECONDS,
+    ] {
+        // Registering the handle makes the histogram appear with zero counts.
+        let _ = metrics::histogram!(name);
+    }
 }

@@ -48,3 +48,10 @@ pub mod collector {
 
 pub use collector::logs::v1::ExportLogsServiceRequest;
 pub use collector::trace::v1::ExportTraceServiceRequest;
+
+/// spansink's own messages (the spool's record format).
+pub mod spansink {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/spansink.v1.rs"));
+    }
+}

@@ -5,11 +5,9 @@
 //! (`expected`), and every batch moves it with a fence in the same transaction
 //! as the batch's rows. Only after that commit does it commit to Kafka.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::FutureExt as _;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
@@ -21,20 +19,30 @@ use tracing::Instrument as _;
 use crate::batch::{Batch, BatchLimits, Pending};
 use crate::config::Encoding;
 use crate::decode::{self, Limits};
-use crate::error::{Class, Error};
+use crate::error::{Error, Reason};
 use crate::kafka::commit::Lease;
 use crate::kafka::consume::Consumer;
 use crate::kafka::rebalance::Context;
 use crate::metrics as m;
 use crate::model::{DecodedTraces, Sanitized};
 use crate::pg::offsets::PartitionKey;
-use crate::pg::write::{AfterFailure, WriteBatch, WriteOutcome, WriteStats};
+use crate::pg::write::WriteStats;
 use crate::pipeline::Pipeline;
-use crate::retry::Backoff;
+use crate::poison::breaker::Verdict;
+use crate::poison::isolate;
 
 /// Gaps this small are what transaction markers leave; larger ones come from
 /// compaction, retention or a reset, and are worth a warning.
 const KNOWN_GAP: i64 = 2;
+
+/// Runs a blocking spool or crash-guard call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Error::Panic(e.to_string())))
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -45,6 +53,8 @@ pub struct WorkerSettings {
     pub batch: BatchLimits,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Test-only fault injection: abort the process on a payload holding these bytes.
+    pub fault_abort_marker: Option<String>,
 }
 
 enum Flow {
@@ -184,13 +194,6 @@ impl PartitionWorker {
             }
         }
         let tenant = crate::tenant::resolve(tenant_header.as_deref(), &settings.default_tenant);
-        let (tenant, decoded) = match tenant {
-            Ok(t) => {
-                let decoded = decode_guarded(payload, self.encoding, &t, &settings.limits);
-                (Some(t), decoded)
-            }
-            Err(e) => (None, Err(e)),
-        };
         Some(Pending {
             offset,
             timestamp_ms: msg.timestamp().to_millis(),
@@ -198,7 +201,6 @@ impl PartitionWorker {
             headers,
             payload: payload.to_vec(),
             tenant,
-            decoded,
         })
     }
 
@@ -266,7 +268,8 @@ impl PartitionWorker {
         }
     }
 
-    /// Writes one batch: retried while failures are transient, never skipped.
+    /// Writes one batch: every message ends committed or dead-lettered, in order;
+    /// transient failures are retried, never skipped.
     async fn process(&mut self, batch: Batch) -> Flow {
         let (Some(first), Some(next_offset)) = (batch.first_offset(), batch.next_offset()) else {
             return Flow::Continue;
@@ -278,103 +281,234 @@ impl PartitionWorker {
 
     async fn write(&mut self, batch: Batch, first: i64, next_offset: i64) -> Flow {
         self.note_gap(first);
-
-        if let Some(bad) = batch.messages.iter().find(|p| p.decoded.is_err()) {
-            let offset = bad.offset;
-            let err = match &bad.decoded {
-                Err(e) => e.to_string(),
-                Ok(_) => String::new(),
-            };
-            let reason = bad.decoded.as_ref().err().and_then(Error::reason);
-            return self
-                .halt(offset, reason.map_or("unknown", |r| r.as_str()), &err)
-                .await;
-        }
-        let decoded: Vec<&DecodedTraces> = batch
-            .messages
-            .iter()
-            .filter_map(|p| p.decoded.as_ref().ok())
-            .collect();
-
-        let mut backoff = Backoff::new(
-            self.pipeline.settings.retry_initial,
-            self.pipeline.settings.retry_max,
+        self.pipeline.lag.pending(
+            &self.lease.topic,
+            self.lease.partition,
+            batch.first_timestamp_ms(),
         );
-        loop {
-            let started = Instant::now();
-            let write = WriteBatch {
-                key: self.key(),
-                expected: self.expected,
-                next_offset,
-                messages: &decoded,
-            };
-            let result = AssertUnwindSafe(self.pipeline.writer.write(&write))
-                .catch_unwind()
+        if let Flow::Stop = self.wait_for_spool_room().await {
+            return Flow::Stop;
+        }
+        let guard = self.pipeline.crash_guard.clone();
+        let key = (
+            self.pipeline.settings.group.clone(),
+            self.lease.topic.clone(),
+            self.lease.partition,
+        );
+        let threshold = guard.threshold();
+        let crashes =
+            blocking(move || guard.begin(&key.0, &key.1, key.2, first, next_offset - 1)).await;
+        let started = Instant::now();
+        let flow = match crashes {
+            Ok(c) if c < threshold => self.write_messages(&batch.messages, started).await,
+            Ok(crashes) => {
+                metrics::counter!(m::CRASH_GUARD_RANGES, "topic" => self.lease.topic.clone())
+                    .increment(1);
+                tracing::warn!(crashes, "the process died while this range was in flight: processing it one message at a time");
+                self.write_one_by_one(&batch.messages).await
+            }
+            Err(e) => {
+                // Without its record the crash guard cannot protect this batch;
+                // the spool directory is unwritable, which is transient.
+                tracing::error!(error = %e, "cannot record the batch's range in the spool directory");
+                return Flow::Stop;
+            }
+        };
+        // Returning at all means the process survived the batch, whatever its outcome.
+        let guard = self.pipeline.crash_guard.clone();
+        let key = (
+            self.pipeline.settings.group.clone(),
+            self.lease.topic.clone(),
+            self.lease.partition,
+        );
+        if let Err(e) = blocking(move || guard.end(&key.0, &key.1, key.2)).await {
+            tracing::warn!(error = %e, "cannot clear the batch's crash-guard record");
+        }
+        if self.expected == Some(next_offset) {
+            self.committed(&batch, next_offset);
+        }
+        flow
+    }
+
+    /// The range killed the process before: each message alone, each guarded,
+    /// and a message that killed it `threshold` times is dead-lettered unread.
+    async fn write_one_by_one(&mut self, messages: &[Pending]) -> Flow {
+        for message in messages {
+            if self.expected.is_some_and(|e| message.offset < e) {
+                continue;
+            }
+            let guard = self.pipeline.crash_guard.clone();
+            let threshold = guard.threshold();
+            let key = (
+                self.pipeline.settings.group.clone(),
+                self.lease.topic.clone(),
+                self.lease.partition,
+            );
+            let offset = message.offset;
+            let crashes = match blocking(move || guard.begin(&key.0, &key.1, key.2, offset, offset))
                 .await
-                .unwrap_or_else(|panic| Err(Error::Panic(panic_message(&panic))));
-            let err = match result {
-                Ok(WriteOutcome::Committed(stats)) => {
-                    self.committed(&batch, next_offset, stats, started.elapsed());
-                    return Flow::Continue;
-                }
-                Ok(WriteOutcome::Fenced { stored }) if stored == Some(next_offset) => {
-                    // An earlier attempt of this very batch committed; its
-                    // acknowledgement was lost while the server finished it.
-                    self.committed(
-                        &batch,
-                        next_offset,
-                        WriteStats::default(),
-                        started.elapsed(),
-                    );
-                    return Flow::Continue;
-                }
-                Ok(WriteOutcome::Fenced { stored }) => return self.fenced(stored).await,
-                Err(e) => e,
-            };
-            match err.class() {
-                Class::Transient => {
-                    metrics::counter!(m::TRANSIENT_RETRIES, "kind" => err.transient_kind())
-                        .increment(1);
-                    self.pipeline
-                        .health
-                        .set_pg_down(err.transient_kind().starts_with("pg_"));
-                    tracing::warn!(error = %err, "transient failure; backing off and retrying the batch");
-                    if backoff.wait(&self.stop).await.is_err() {
-                        // Stopping: nothing of this batch committed, and no offset moved.
-                        return Flow::Stop;
-                    }
-                    let key = self.key();
-                    match self
-                        .pipeline
-                        .writer
-                        .resolve_after_failure(&key, self.expected, next_offset)
-                        .await
-                    {
-                        Ok(AfterFailure::AlreadyCommitted) => {
-                            // The COMMIT went through but its acknowledgement was lost.
-                            tracing::info!("batch had committed before the connection dropped");
-                            self.committed(
-                                &batch,
-                                next_offset,
-                                WriteStats::default(),
-                                started.elapsed(),
-                            );
-                            return Flow::Continue;
-                        }
-                        Ok(AfterFailure::Fenced { stored }) => return self.fenced(stored).await,
-                        Ok(AfterFailure::NotCommitted) | Err(_) => continue,
-                    }
-                }
-                Class::Poison => {
-                    if matches!(err, Error::Panic(_)) {
-                        metrics::counter!(m::PANICS).increment(1);
-                    }
-                    let reason = err.reason().map_or("unknown", |r| r.as_str());
-                    return self.halt(first, reason, &err.to_string()).await;
-                }
-                Class::Fatal => {
-                    self.pipeline.fail(err);
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record the message's offset in the spool directory");
                     return Flow::Stop;
+                }
+            };
+            let one = std::slice::from_ref(message);
+            let flow = if crashes >= threshold {
+                let err = Error::input(
+                    Reason::CrashLoop,
+                    format!("the process died {crashes} times while this message alone was being processed"),
+                );
+                self.commit_decoded(one, vec![Err(err)], Instant::now())
+                    .await
+            } else {
+                self.write_messages(one, Instant::now()).await
+            };
+            if let Flow::Stop = flow {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn write_messages(&mut self, messages: &[Pending], started: Instant) -> Flow {
+        let decoded: Vec<_> = messages.iter().map(|m| self.decode(m)).collect();
+        self.commit_decoded(messages, decoded, started).await
+    }
+
+    async fn commit_decoded(
+        &mut self,
+        messages: &[Pending],
+        decoded: Vec<Result<DecodedTraces, Error>>,
+        started: Instant,
+    ) -> Flow {
+        let known_poison = decoded.iter().filter(|d| d.is_err()).count();
+        if let Flow::Stop = self.wait_for_breaker(known_poison, messages.len()).await {
+            return Flow::Stop;
+        }
+        let key = self.key();
+        let ctx = isolate::Ctx {
+            writer: &self.pipeline.writer,
+            key,
+            spool: &self.pipeline.spool,
+            instance: &self.pipeline.instance,
+            stop: &self.stop,
+            health: &self.pipeline.health,
+            retry_initial: self.pipeline.settings.retry_initial,
+            retry_max: self.pipeline.settings.retry_max,
+        };
+        let mut expected = self.expected;
+        let outcome = isolate::commit(&ctx, &mut expected, messages, &decoded).await;
+        self.expected = expected;
+        let topic = self.lease.topic.clone();
+        match outcome {
+            isolate::Outcome::Done {
+                stats,
+                dead,
+                unconfirmed,
+            } => {
+                self.pipeline
+                    .breakers
+                    .record(&topic, dead.len(), messages.len());
+                if !dead.is_empty() {
+                    self.pipeline.dlq_wake.notify_one();
+                }
+                if unconfirmed {
+                    tracing::info!("a transaction had committed before its connection dropped");
+                }
+                self.record_write(messages, &decoded, stats, started.elapsed());
+                Flow::Continue
+            }
+            isolate::Outcome::Fenced { stored } => {
+                self.pipeline.breakers.abandon_probe(&topic);
+                self.fenced(stored).await
+            }
+            isolate::Outcome::Stopped => {
+                self.pipeline.breakers.abandon_probe(&topic);
+                Flow::Stop
+            }
+            isolate::Outcome::Fatal(e) => {
+                self.pipeline.breakers.abandon_probe(&topic);
+                self.pipeline.fail(e);
+                Flow::Stop
+            }
+        }
+    }
+
+    /// Decodes one message; a panic in the decoder makes that message poison, not the process.
+    fn decode(&self, message: &Pending) -> Result<DecodedTraces, Error> {
+        let tenant = match &message.tenant {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(Error::input(
+                    e.reason().unwrap_or(Reason::InvalidTenant),
+                    e.to_string(),
+                ))
+            }
+        };
+        let settings = &self.pipeline.settings;
+        if let Some(marker) = &settings.fault_abort_marker {
+            if !marker.is_empty()
+                && message
+                    .payload
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+            {
+                tracing::error!(
+                    offset = message.offset,
+                    "fault injection: aborting the process"
+                );
+                std::process::abort();
+            }
+        }
+        let (payload, encoding, limits) = (&message.payload, self.encoding, &settings.limits);
+        // Decoding reads only its inputs: nothing it could leave half-changed.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode::decode_traces(payload, encoding, tenant, limits, SystemTime::now())
+        }))
+        .unwrap_or_else(|panic| {
+            metrics::counter!(m::PANICS).increment(1);
+            Err(Error::Panic(panic_message(&panic)))
+        })
+    }
+
+    /// While the spool is full, consumption pauses: nothing is ever dropped.
+    async fn wait_for_spool_room(&mut self) -> Flow {
+        if !self.pipeline.spool.is_full() {
+            return Flow::Continue;
+        }
+        tracing::warn!("spool full: pausing until the DLQ drains it");
+        self.set_paused(true);
+        while self.pipeline.spool.is_full() {
+            self.pipeline.dlq_wake.notify_one();
+            tokio::select! {
+                _ = self.stop.cancelled() => return Flow::Stop,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.set_paused(false);
+        Flow::Continue
+    }
+
+    /// While the topic's breaker is open, nothing is dead-lettered or committed.
+    async fn wait_for_breaker(&mut self, poison: usize, total: usize) -> Flow {
+        loop {
+            match self
+                .pipeline
+                .breakers
+                .check(&self.lease.topic, poison, total)
+            {
+                Verdict::Proceed => {
+                    self.set_paused(false);
+                    return Flow::Continue;
+                }
+                Verdict::Wait(delay) => {
+                    self.set_paused(true);
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Flow::Stop,
+                        _ = tokio::time::sleep(delay.min(Duration::from_secs(1))) => {}
+                    }
                 }
             }
         }
@@ -406,8 +540,13 @@ impl PartitionWorker {
         }
     }
 
-    fn committed(&mut self, batch: &Batch, next_offset: i64, stats: WriteStats, took: Duration) {
-        self.expected = Some(next_offset);
+    fn record_write(
+        &self,
+        messages: &[Pending],
+        decoded: &[Result<DecodedTraces, Error>],
+        stats: WriteStats,
+        took: Duration,
+    ) {
         self.pipeline.health.set_pg_down(false);
         let topic = [("topic", self.lease.topic.clone())];
         metrics::counter!(m::BATCHES_COMMITTED, &topic).increment(1);
@@ -415,19 +554,17 @@ impl PartitionWorker {
         metrics::counter!(m::SPANS_DUPLICATE, &topic).increment(stats.spans_duplicate);
         metrics::counter!(m::SPAN_EVENTS_WRITTEN, &topic).increment(stats.events_inserted);
         metrics::counter!(m::SPAN_LINKS_WRITTEN, &topic).increment(stats.links_inserted);
-        metrics::histogram!(m::BATCH_MESSAGES).record(batch.len() as f64);
-        metrics::histogram!(m::BATCH_SPANS).record(batch.span_count() as f64);
+        metrics::histogram!(m::BATCH_MESSAGES).record(messages.len() as f64);
+        let spans: usize = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|d| d.spans.len())
+            .sum();
+        metrics::histogram!(m::BATCH_SPANS).record(spans as f64);
         metrics::histogram!(m::PG_TRANSACTION_SECONDS).record(took.as_secs_f64());
-        let now_ms = unix_millis(SystemTime::now());
         let mut sanitized = Sanitized::default();
-        for p in &batch.messages {
-            if let Some(ts) = p.timestamp_ms {
-                let latency = (now_ms - ts).max(0) as f64 / 1000.0;
-                metrics::histogram!(m::END_TO_END_LATENCY_SECONDS).record(latency);
-            }
-            if let Ok(d) = &p.decoded {
-                sanitized.add(d.sanitized);
-            }
+        for d in decoded.iter().filter_map(|d| d.as_ref().ok()) {
+            sanitized.add(d.sanitized);
         }
         if sanitized.nul_replaced > 0 {
             metrics::counter!(m::SANITIZED_VALUES, "kind" => "nul")
@@ -438,12 +575,26 @@ impl PartitionWorker {
                 .increment(sanitized.nonfinite_floats);
         }
         tracing::debug!(
-            messages = batch.len(),
+            messages = messages.len(),
             spans = stats.spans_inserted,
             duplicates = stats.spans_duplicate,
             took_ms = took.as_millis() as u64,
             "batch committed"
         );
+    }
+
+    /// The whole batch is committed (or dead-lettered): latency, lag, Kafka.
+    fn committed(&mut self, batch: &Batch, next_offset: i64) {
+        let now_ms = unix_millis(SystemTime::now());
+        let mut newest = None;
+        for ts in batch.messages.iter().filter_map(|p| p.timestamp_ms) {
+            let latency = (now_ms - ts).max(0) as f64 / 1000.0;
+            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS).record(latency);
+            newest = newest.max(Some(ts));
+        }
+        self.pipeline
+            .lag
+            .committed(&self.lease.topic, self.lease.partition, next_offset, newest);
         self.pipeline.assignments.commit(
             &self.consumer,
             &self.lease,
@@ -459,6 +610,11 @@ impl PartitionWorker {
         tracing::warn!(expected = ?self.expected, stored = ?stored, "offset fence lost: another writer moved this partition; resuming from the stored offset");
         self.carry = None;
         self.expected = stored;
+        if let Some(next) = stored {
+            self.pipeline
+                .lag
+                .committed(&self.lease.topic, self.lease.partition, next, None);
+        }
         let offset = stored.map_or(Offset::Beginning, Offset::Offset);
         let consumer = self.consumer.clone();
         let (topic, partition) = (self.lease.topic.clone(), self.lease.partition);
@@ -489,7 +645,6 @@ impl PartitionWorker {
             error,
             "partition stopped: a message cannot be written; it is not skipped"
         );
-        metrics::counter!(m::PERMANENT_FAILURES, "reason" => reason.to_string()).increment(1);
         metrics::gauge!(m::STOPPED_PARTITIONS).increment(1.0);
         self.set_paused(true);
         self.stop.cancelled().await;
@@ -517,22 +672,6 @@ impl PartitionWorker {
         })
         .await;
     }
-}
-
-/// Decodes one message; a panic in the decoder makes that message poison, not the process.
-fn decode_guarded(
-    payload: &[u8],
-    encoding: Encoding,
-    tenant: &Arc<str>,
-    limits: &Limits,
-) -> Result<DecodedTraces, Error> {
-    std::panic::catch_unwind(|| {
-        decode::decode_traces(payload, encoding, tenant, limits, SystemTime::now())
-    })
-    .unwrap_or_else(|panic| {
-        metrics::counter!(m::PANICS).increment(1);
-        Err(Error::Panic(panic_message(&panic)))
-    })
 }
 
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -13,7 +13,7 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Encoding, KafkaArgs};
@@ -21,11 +21,15 @@ use crate::error::{Class, Error, Result};
 use crate::health::Health;
 use crate::kafka::commit::{Assignments, TopicPartition};
 use crate::kafka::consume::{self, Consumer};
+use crate::kafka::lag::Lag;
 use crate::kafka::rebalance::Context;
 use crate::metrics as m;
 use crate::partition::{PartitionWorker, WorkerSettings};
 use crate::pg::offsets::{self, PartitionKey};
 use crate::pg::write::Writer;
+use crate::poison::breaker::Breakers;
+use crate::poison::crashguard::CrashGuard;
+use crate::poison::spool::Spool;
 use crate::retry::Backoff;
 
 pub struct Pipeline {
@@ -43,6 +47,14 @@ pub struct Pipeline {
     pub health: Arc<Health>,
     runtime: Handle,
     drain_timeout: Duration,
+    pub lag: Lag,
+    pub spool: Arc<Spool>,
+    pub crash_guard: Arc<CrashGuard>,
+    pub breakers: Arc<Breakers>,
+    /// Names this instance in dead letters.
+    pub instance: String,
+    /// Poked after a commit that spooled a dead letter, so the drainer publishes it.
+    pub dlq_wake: Arc<Notify>,
 }
 
 pub struct PipelineConfig {
@@ -54,6 +66,11 @@ pub struct PipelineConfig {
     pub health: Arc<Health>,
     pub shutdown: CancellationToken,
     pub drain_timeout: Duration,
+    pub spool: Arc<Spool>,
+    pub crash_guard: Arc<CrashGuard>,
+    pub breakers: Arc<Breakers>,
+    pub instance: String,
+    pub dlq_wake: Arc<Notify>,
 }
 
 impl Pipeline {
@@ -75,6 +92,12 @@ impl Pipeline {
             health: config.health,
             runtime: Handle::current(),
             drain_timeout: config.drain_timeout,
+            lag: Lag::default(),
+            spool: config.spool,
+            crash_guard: config.crash_guard,
+            breakers: config.breakers,
+            instance: config.instance,
+            dlq_wake: config.dlq_wake,
         })
     }
 
@@ -115,6 +138,9 @@ impl Pipeline {
             Err(Error::Shutdown) => return self.take_fatal(),
             Err(e) => return Err(e),
         }
+        for topic in &topics {
+            crate::metrics::init_topic(topic);
+        }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
@@ -131,7 +157,7 @@ impl Pipeline {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => self.health.heartbeat(),
+                _ = tick.tick() => self.tick(),
                 received = consumer.recv() => match received {
                     Ok(msg) => {
                         // Every assigned partition has its own queue; a message here means
@@ -155,6 +181,17 @@ impl Pipeline {
                 },
             }
         }
+    }
+
+    /// Once a second: liveness, readiness inputs, and gauges that must stay
+    /// truthful while nothing moves.
+    fn tick(&self) {
+        self.health.heartbeat();
+        self.health.set_spool_full(self.spool.is_full());
+        self.health
+            .set_breaker_open(!self.breakers.open_topics().is_empty());
+        self.spool.record_metrics();
+        self.lag.publish(std::time::SystemTime::now());
     }
 
     /// Stops every worker (each finishes its in-flight batch and commits), then
@@ -216,6 +253,8 @@ impl Pipeline {
             };
             let stop = self.shutdown.child_token();
             let lease = self.assignments.acquire(&topic, partition, stop.clone());
+            self.lag.assigned(&topic, partition, offset);
+            crate::metrics::init_partition(&topic, partition);
             tracing::info!(topic, partition, stored_offset = ?offset, "partition assigned");
             let worker = PartitionWorker::new(
                 self.clone(),
@@ -254,6 +293,9 @@ impl Pipeline {
             tracing::warn!(timeout = ?timeout, "revoked partitions did not drain in time; their batches roll back");
         }
         self.assignments.release(&parts);
+        for (topic, partition) in &parts {
+            self.lag.revoked(topic, *partition);
+        }
     }
 
     async fn read_offsets(&self, parts: &[TopicPartition]) -> Result<Vec<Option<i64>>> {

@@ -187,22 +187,24 @@ async fn postgres_connections_killed_mid_stream_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_the_write_path_rolls_back_and_moves_no_offset() {
+async fn a_panic_in_the_write_path_rolls_back_and_dead_letters_only_its_message() {
     let db = TestDb::migrated().await;
     let (_kafka, bootstrap) = cluster(2);
     let mut gen = generator(4, 10);
     let p = producer(&bootstrap);
-    // Partition 0: two good messages, then the marker, then another good one.
+    // Partition 0: two good messages, then the marker, then another good one,
+    // all in one batch.
     let mut good0 = 0;
-    for _ in 0..2 {
-        let (tenant, payload, n) = marked_message(&mut gen, "ordinary");
-        produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
-        good0 += n;
+    let mut marker_offset = 0;
+    for name in ["ordinary", "ordinary", "panic-marker", "ordinary"] {
+        let (tenant, payload, n) = marked_message(&mut gen, name);
+        let (_, offset) = produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
+        if name == "panic-marker" {
+            marker_offset = offset;
+        } else {
+            good0 += n;
+        }
     }
-    let (tenant, payload, _) = marked_message(&mut gen, "panic-marker");
-    let (_, marker_offset) = produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
-    let (tenant, payload, _) = marked_message(&mut gen, "ordinary");
-    produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
     // Partition 1 is unaffected.
     let mut other = 0;
     let mut other_end = 0;
@@ -213,26 +215,25 @@ async fn a_panic_in_the_write_path_rolls_back_and_moves_no_offset() {
         other_end = offset + 1;
     }
 
-    // One message per batch, so that the good messages before the marker commit.
-    let mut instance = Instance::spawn(
+    let instance = Instance::spawn(
         &bootstrap,
         &db.url,
         "g-panic",
         &[
-            "--batch-max-messages=1",
+            "--batch-max-messages=10",
+            "--batch-linger=1s",
             "--fault-panic-span-name=panic-marker",
         ],
     );
     wait_for(
-        "partition 1 stored and partition 0 stopped",
+        "both partitions at their end",
         Duration::from_secs(60),
         || async {
-            span_count(&db).await as usize == good0 + other
-                && instance.logs().contains("partition stopped")
+            let offsets = stored_offsets(&db, "g-panic", TOPIC).await;
+            offsets.get(&0) == Some(&4) && offsets.get(&1) == Some(&other_end)
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let client = db.client().await;
     let marked: i64 = client
         .query_one(
@@ -242,23 +243,34 @@ async fn a_panic_in_the_write_path_rolls_back_and_moves_no_offset() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(marked, 0, "the panicking batch rolled back");
-    let offsets = stored_offsets(&db, "g-panic", TOPIC).await;
+    assert_eq!(marked, 0, "every transaction that panicked rolled back");
     assert_eq!(
-        offsets.get(&0),
-        Some(&marker_offset),
-        "offset stops before the marker"
+        span_count(&db).await as usize,
+        good0 + other,
+        "the good messages around it are stored"
+    );
+    let dlq = common::kafka::read_all(&bootstrap, "spansink.dlq");
+    assert_eq!(dlq.len(), 1, "only the panicking message is dead-lettered");
+    assert_eq!(
+        common::kafka::header(&dlq[0], "spansink.dlq.reason").as_deref(),
+        Some("panic")
     );
     assert_eq!(
-        offsets.get(&1),
-        Some(&other_end),
-        "the other partition moved on"
+        common::kafka::header(&dlq[0], "spansink.dlq.source.offset"),
+        Some(marker_offset.to_string())
     );
+    let mut instance = instance;
     assert!(
         instance.is_running(),
         "a panic never takes the process down"
     );
-    assert!(instance.scrape().await.contains("spansink_panics_total"));
+    let metrics = instance.scrape().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spansink_panics_total") && !l.ends_with(" 0")),
+        "panics are counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchLimits;
@@ -16,6 +17,11 @@ use crate::pg;
 use crate::pg::partitions::Partitions;
 use crate::pg::write::Writer;
 use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::poison::breaker::{BreakerConfig, Breakers};
+use crate::poison::crashguard::CrashGuard;
+use crate::poison::dlq::{DlqConfig, DlqPublisher};
+use crate::poison::drain::Drainer;
+use crate::poison::spool::{Spool, SpoolConfig};
 use crate::retry::Backoff;
 
 /// How often the days ahead are made sure to have partitions.
@@ -29,6 +35,21 @@ pub async fn run(
     args.validate()?;
     let pool = pg::pool::connect(&args.db).await?;
     let health = Arc::new(Health::new());
+    let poison = &args.poison;
+    // Opening the spool reads every entry back and quarantines torn ones.
+    let spool = Arc::new(Spool::open(SpoolConfig {
+        dir: poison.spool_dir.clone(),
+        max_entries: poison.spool_max_entries,
+        max_bytes: poison.spool_max_bytes,
+    })?);
+    // One per process: it tells its own retries from a dead process's leftovers.
+    let crash_guard = Arc::new(CrashGuard::open(&poison.spool_dir, poison.crash_threshold)?);
+    let breakers = Arc::new(Breakers::new(BreakerConfig {
+        threshold: poison.breaker_threshold,
+        window: poison.breaker_window,
+        min_messages: poison.breaker_min_messages,
+        cooldown: poison.breaker_cooldown,
+    }));
     // The listener outlives the pipeline's drain, so that probes keep answering.
     let listener_stop = CancellationToken::new();
     crate::http::serve(
@@ -36,6 +57,7 @@ pub async fn run(
         metrics,
         health.clone(),
         Some(pool.clone()),
+        Some(breakers.clone()),
         listener_stop.clone(),
     )
     .await?;
@@ -47,6 +69,24 @@ pub async fn run(
         })
         .await?;
     }
+    // Entries whose PostgreSQL commit never happened are superseded: their
+    // messages will be consumed, and dead-lettered, again.
+    let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
+        topic: poison.dlq_topic.clone(),
+        brokers: args.kafka.brokers.clone(),
+        kafka: args.kafka.kafka.clone(),
+        instance: args.instance_id.clone(),
+        message_timeout: poison.dlq_message_timeout,
+    })?);
+    let drainer = Arc::new(Drainer::new(spool.clone(), publisher, pool.clone()));
+    retry_transient("spool check", &args.ingest, &shutdown, || async {
+        drainer.discard_superseded().await.map(|_| ())
+    })
+    .await?;
+    let dlq_wake = Arc::new(Notify::new());
+    let drainer_stop = CancellationToken::new();
+    let drainer_task = tokio::spawn(drainer.clone().run(dlq_wake.clone(), drainer_stop.clone()));
+
     let partitions = Arc::new(Partitions::new());
     tokio::spawn(maintain_partitions(
         pool.clone(),
@@ -73,6 +113,7 @@ pub async fn run(
         },
         retry_initial: ingest.retry_initial,
         retry_max: ingest.retry_max,
+        fault_abort_marker: args.fault_abort_marker.clone(),
     };
     let topics: HashMap<String, _> = ingest
         .traces_topics
@@ -88,8 +129,18 @@ pub async fn run(
         health,
         shutdown: shutdown.clone(),
         drain_timeout: args.drain_timeout,
+        spool,
+        crash_guard,
+        breakers,
+        instance: args.instance_id.clone(),
+        dlq_wake,
     });
     let result = pipeline.run(&args.kafka, &ingest.group_id).await;
+    // Whatever the pipeline committed last may still be published.
+    drainer_stop.cancel();
+    if drainer_task.await.is_err() {
+        tracing::warn!("the DLQ drainer panicked");
+    }
     listener_stop.cancel();
     result
 }

@@ -57,6 +57,8 @@ pub fn consumer_config(
         .set("fetch.max.bytes", fetch_max.to_string())
         .set("max.partition.fetch.bytes", partition_fetch_max.to_string())
         .set("receive.message.max.bytes", (fetch_max + 512).to_string())
+        // Statistics carry each partition's end offset, for the lag gauges.
+        .set("statistics.interval.ms", "5000")
         // A topic created after start is noticed within seconds, not minutes.
         .set("topic.metadata.refresh.interval.ms", "10000")
         .set_log_level(RDKafkaLogLevel::Warning);

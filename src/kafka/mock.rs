@@ -109,6 +109,15 @@ impl MockKafka {
         }))
     }
 
+    /// Makes `broker` the coordinator of consumer group `group`, so that a test
+    /// can take other brokers down without stopping the group.
+    pub fn group_coordinator(&self, group: &str, broker: i32) -> Result<()> {
+        let group = group.to_string();
+        self.run(Box::new(move |c| {
+            c.coordinator(rdkafka::mocking::MockCoordinator::Group(group), broker)
+        }))
+    }
+
     /// Makes the next requests of kind `api` fail, one error code per request, in order.
     pub fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> Result<()> {
         let errors = errors.to_vec();

@@ -4,5 +4,6 @@
 
 pub mod commit;
 pub mod consume;
+pub mod lag;
 pub mod mock;
 pub mod rebalance;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::TopicPartitionList;
 
@@ -35,6 +36,10 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        self.record_statistics(&statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let err = Error::Kafka(error);
         if err.class() == Class::Fatal {
@@ -45,6 +50,27 @@ impl ClientContext for Context {
         } else {
             // Broker transport errors and the like: librdkafka reconnects by itself.
             tracing::warn!(error = %err, reason, "Kafka client error");
+        }
+    }
+}
+
+impl Context {
+    fn record_statistics(&self, stats: &Statistics) {
+        let Some(pipeline) = &self.pipeline else {
+            return;
+        };
+        for (name, topic) in &stats.topics {
+            for (id, p) in &topic.partitions {
+                // The last stable offset is as far as a read_committed consumer can go.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if *id >= 0 && end >= 0 {
+                    pipeline.lag.set_end(name, *id, end);
+                }
+            }
         }
     }
 }

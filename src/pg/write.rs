@@ -105,7 +105,7 @@ impl Writer {
         self.partitions
             .ensure_days(&self.pool, &rows.days())
             .await?;
-        let result = self.write_rows(batch, &rows).await;
+        let result = self.write_tx(batch, &rows, true).await;
         if let Err(Error::Postgres(e)) = &result {
             if is_missing_partition(e) {
                 // A partition the cache believed in is gone; the retry asks again.
@@ -113,6 +113,38 @@ impl Writer {
             }
         }
         result
+    }
+
+    /// Writes rows with no partition offset: `spansink replay` re-ingests dead
+    /// letters this way. Idempotent like every write, so replaying twice
+    /// changes nothing.
+    pub async fn write_rows_only(&self, messages: &[&DecodedTraces]) -> Result<WriteStats> {
+        let rows = Rows::dedupe(messages);
+        self.partitions
+            .ensure_days(&self.pool, &rows.days())
+            .await?;
+        let unfenced = WriteBatch {
+            key: PartitionKey {
+                group: "",
+                topic: "",
+                partition: -1,
+            },
+            expected: None,
+            next_offset: 0,
+            messages,
+        };
+        let result = self.write_tx(&unfenced, &rows, false).await;
+        if let Err(Error::Postgres(e)) = &result {
+            if is_missing_partition(e) {
+                self.partitions.forget();
+            }
+        }
+        match result? {
+            WriteOutcome::Committed(stats) => Ok(stats),
+            WriteOutcome::Fenced { .. } => {
+                Err(Error::Panic("an unfenced write reported a fence".into()))
+            }
+        }
     }
 
     /// After a transient failure: did the batch commit anyway (lost COMMIT acknowledgement)?
@@ -137,13 +169,18 @@ impl Writer {
         })
     }
 
-    async fn write_rows(&self, batch: &WriteBatch<'_>, rows: &Rows<'_>) -> Result<WriteOutcome> {
+    async fn write_tx(
+        &self,
+        batch: &WriteBatch<'_>,
+        rows: &Rows<'_>,
+        fenced: bool,
+    ) -> Result<WriteOutcome> {
         let client = self.pool.get().await?;
         // Prepared before BEGIN: a failure here leaves no transaction behind.
         let stmts = Statements::prepare(&client).await?;
         let fault = self.fault_panic_span_name.as_deref();
         let mut conn = TxConnection::new(client);
-        let attempt = transact(conn.client(), &stmts, batch, rows, fault).await;
+        let attempt = transact(conn.client(), &stmts, batch, rows, fault, fenced).await;
         if attempt.clean {
             conn.release();
         }
@@ -281,12 +318,13 @@ async fn transact(
     batch: &WriteBatch<'_>,
     rows: &Rows<'_>,
     fault: Option<&str>,
+    fenced: bool,
 ) -> Attempt {
     let tx = match client.transaction().await {
         Ok(tx) => tx,
         Err(e) => return Attempt::failed(e, false),
     };
-    match body(&tx, stmts, batch, rows, fault).await {
+    match body(&tx, stmts, batch, rows, fault, fenced).await {
         Ok(Some(stats)) => match tx.commit().await {
             Ok(()) => Attempt {
                 result: Ok(WriteOutcome::Committed(stats)),
@@ -326,10 +364,11 @@ async fn body(
     batch: &WriteBatch<'_>,
     rows: &Rows<'_>,
     fault: Option<&str>,
+    fenced: bool,
 ) -> Result<Option<WriteStats>> {
     // First, so that a fenced batch does no work, and so that the offset row
     // lock serialises the writers of one partition from here on.
-    if !fence(tx, stmts, batch).await? {
+    if fenced && !fence(tx, stmts, batch).await? {
         return Ok(None);
     }
     let mut stats = WriteStats::default();

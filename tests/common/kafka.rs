@@ -114,3 +114,47 @@ pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .expect("watermarks")
 }
+
+/// Every record of a topic, from the beginning to its current end.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let c = client(bootstrap, "spansink-test-reader");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in &partitions {
+        let (low, high) = c
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .expect("watermarks");
+        remaining += (high - low).max(0);
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// A header's value as text.
+pub fn header(message: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::{Headers as _, Message as _};
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .filter(|h| h.key == key)
+        .last()
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+}

@@ -4,5 +4,6 @@
 
 pub mod db;
 pub mod kafka;
+pub mod pgproxy;
 pub mod spansink;
 pub mod traffic;

@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 pub struct Instance {
     child: Option<Child>,
     pub metrics_addr: String,
+    pub spool: PathBuf,
     log_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -47,11 +48,22 @@ fn free_port() -> u16 {
 impl Instance {
     /// Starts `spansink run` against the broker and database; `extra` flags come last.
     pub fn spawn(bootstrap: &str, database_url: &str, group: &str, extra: &[&str]) -> Instance {
+        Self::spawn_with_spool(bootstrap, database_url, group, None, extra)
+    }
+
+    /// The same, with a spool directory that outlives the instance (for restarts).
+    pub fn spawn_with_spool(
+        bootstrap: &str,
+        database_url: &str,
+        group: &str,
+        spool: Option<&std::path::Path>,
+        extra: &[&str],
+    ) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("spansink.log");
         let log = File::create(&log_path).expect("log file");
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let spool = dir.path().join("spool");
+        let spool = spool.map_or_else(|| dir.path().join("spool"), std::path::Path::to_path_buf);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spansink"));
         for (k, _) in std::env::vars() {
             if k.starts_with("SPANSINK_") {
@@ -74,6 +86,7 @@ impl Instance {
         Instance {
             child: Some(child),
             metrics_addr,
+            spool,
             log_path,
             _dir: dir,
         }

@@ -1,0 +1,361 @@
+//! Isolation down to the message.
+//!
+//! A batch that fails permanently is bisected: its halves are written again,
+//! each in its own transaction that moves the partition's offset exactly over
+//! the messages it holds, until every poison message stands alone. Each
+//! committed piece is atomic with its offset, in offset order, so the fence and
+//! the crash guarantees of a whole batch hold for every piece. The good messages
+//! commit; k poison messages in a batch of n cost O(k log n) extra round trips.
+//!
+//! Durable order for each poison message: it is written to the spool (file and
+//! directory fsynced) before any transaction moves the offset past it.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Pending;
+use crate::error::{Class, Error, Reason, Result};
+use crate::health::Health;
+use crate::metrics as m;
+use crate::model::DecodedTraces;
+use crate::otlp::spansink::v1::{DeadLetter, Header};
+use crate::pg::offsets::PartitionKey;
+use crate::pg::write::{AfterFailure, WriteBatch, WriteOutcome, WriteStats, Writer};
+use crate::poison::record::{dead_letter_id, truncate_error};
+use crate::poison::spool::Spool;
+use crate::retry::Backoff;
+
+/// What a partition worker lends to one batch's isolation.
+pub struct Ctx<'a> {
+    pub writer: &'a Writer,
+    pub key: PartitionKey<'a>,
+    pub spool: &'a Arc<Spool>,
+    pub instance: &'a str,
+    pub stop: &'a CancellationToken,
+    pub health: &'a Health,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every message is committed or dead-lettered; the offset is past the batch.
+    Done {
+        stats: WriteStats,
+        /// Indexes of the dead-lettered messages, with their reason.
+        dead: Vec<(usize, Reason)>,
+        /// The batch committed, but only an acknowledgement-less retry proved it.
+        unconfirmed: bool,
+    },
+    /// Another writer moved the offset: drop the batch, resume from `stored`.
+    Fenced {
+        stored: Option<i64>,
+    },
+    /// Asked to stop mid-way; what committed is committed, the rest is not.
+    Stopped,
+    Fatal(Error),
+}
+
+/// One range's transaction, retried while failures are transient.
+enum Range {
+    Committed(WriteStats, bool),
+    Poison(Error),
+    Fenced(Option<i64>),
+    Stopped,
+    Fatal(Error),
+}
+
+/// Writes `messages` (whose decodings are `decoded`) so that every message is
+/// either committed or dead-lettered, moving `expected` along.
+pub async fn commit(
+    ctx: &Ctx<'_>,
+    expected: &mut Option<i64>,
+    messages: &[Pending],
+    decoded: &[Result<DecodedTraces, Error>],
+) -> Outcome {
+    let mut dead: Vec<(usize, Reason)> = Vec::new();
+    // Known poison (decode and validation) is spooled first, before any
+    // transaction can move the offset past it.
+    for (i, d) in decoded.iter().enumerate() {
+        if let Err(e) = d {
+            if let Err(stop) = spool(ctx, &messages[i], e, Attempts::once()).await {
+                return stop;
+            }
+            dead.push((i, e.reason().unwrap_or(Reason::Panic)));
+        }
+    }
+    let mut poisoned: Vec<bool> = decoded.iter().map(Result::is_err).collect();
+    let mut attempts: Vec<Option<Attempts>> = vec![None; messages.len()];
+    let mut stats = WriteStats::default();
+    let mut unconfirmed = false;
+    // Ranges in offset order: left halves before right halves.
+    let mut pending = vec![(0usize, messages.len())];
+    while let Some((lo, hi)) = pending.pop() {
+        let rows: Vec<&DecodedTraces> = (lo..hi)
+            .filter(|i| !poisoned[*i])
+            .filter_map(|i| decoded[i].as_ref().ok())
+            .collect();
+        let next_offset = messages[hi - 1].offset + 1;
+        match write_range(ctx, *expected, &rows, next_offset).await {
+            Range::Committed(s, lost_ack) => {
+                *expected = Some(next_offset);
+                add(&mut stats, s);
+                unconfirmed |= lost_ack;
+            }
+            Range::Poison(err) => {
+                let good: Vec<usize> = (lo..hi).filter(|i| !poisoned[*i]).collect();
+                for i in &good {
+                    attempts[*i] = Some(Attempts::again(attempts[*i]));
+                }
+                match good.as_slice() {
+                    [] => {
+                        // Only already-spooled poison left and still refused: the
+                        // offset-only transaction cannot be poison. Treat as a bug.
+                        return Outcome::Fatal(err);
+                    }
+                    [only] => {
+                        tracing::warn!(offset = messages[*only].offset, error = %err, "isolated a poison message");
+                        let tried = attempts[*only].unwrap_or_else(Attempts::once);
+                        if let Err(stop) = spool(ctx, &messages[*only], &err, tried).await {
+                            return stop;
+                        }
+                        poisoned[*only] = true;
+                        dead.push((*only, err.reason().unwrap_or(Reason::Panic)));
+                        // The same range again, now without it: its offset moves on.
+                        pending.push((lo, hi));
+                    }
+                    _ => {
+                        let mid = good[good.len() / 2];
+                        pending.push((mid, hi));
+                        pending.push((lo, mid));
+                    }
+                }
+            }
+            Range::Fenced(stored) => {
+                unspool_uncommitted(ctx, messages, &dead, *expected).await;
+                return Outcome::Fenced { stored };
+            }
+            Range::Stopped => {
+                unspool_uncommitted(ctx, messages, &dead, *expected).await;
+                return Outcome::Stopped;
+            }
+            Range::Fatal(e) => return Outcome::Fatal(e),
+        }
+    }
+    dead.sort_unstable_by_key(|(i, _)| *i);
+    Outcome::Done {
+        stats,
+        dead,
+        unconfirmed,
+    }
+}
+
+/// This batch rolled back past these dead letters: they will be consumed
+/// again, by this instance or another, and must not be published from here.
+/// (A crash before this cleanup leaves them to the startup check.)
+async fn unspool_uncommitted(
+    ctx: &Ctx<'_>,
+    messages: &[Pending],
+    dead: &[(usize, Reason)],
+    expected: Option<i64>,
+) {
+    let ids: Vec<String> = dead
+        .iter()
+        .map(|(i, _)| messages[*i].offset)
+        .filter(|o| expected.is_none_or(|e| *o >= e))
+        .map(|o| dead_letter_id(ctx.key.group, ctx.key.topic, ctx.key.partition, o))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let spool = ctx.spool.clone();
+    let removed =
+        tokio::task::spawn_blocking(move || ids.iter().try_for_each(|id| spool.remove(id))).await;
+    if !matches!(removed, Ok(Ok(()))) {
+        tracing::warn!(
+            "cannot remove the dead letters of a rolled-back batch; the startup check will"
+        );
+    }
+}
+
+fn add(total: &mut WriteStats, s: WriteStats) {
+    total.spans_inserted += s.spans_inserted;
+    total.spans_duplicate += s.spans_duplicate;
+    total.events_inserted += s.events_inserted;
+    total.links_inserted += s.links_inserted;
+    total.traces_touched += s.traces_touched;
+}
+
+async fn write_range(
+    ctx: &Ctx<'_>,
+    expected: Option<i64>,
+    rows: &[&DecodedTraces],
+    next_offset: i64,
+) -> Range {
+    let mut backoff = Backoff::new(ctx.retry_initial, ctx.retry_max);
+    loop {
+        let batch = WriteBatch {
+            key: ctx.key,
+            expected,
+            next_offset,
+            messages: rows,
+        };
+        let result = AssertUnwindSafe(ctx.writer.write(&batch))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                metrics::counter!(m::PANICS).increment(1);
+                Err(Error::Panic(crate::partition::panic_message(&panic)))
+            });
+        let err = match result {
+            Ok(WriteOutcome::Committed(stats)) => return Range::Committed(stats, false),
+            // An earlier attempt of this very range committed; its acknowledgement was lost.
+            Ok(WriteOutcome::Fenced { stored }) if stored == Some(next_offset) => {
+                return Range::Committed(WriteStats::default(), true)
+            }
+            Ok(WriteOutcome::Fenced { stored }) => return Range::Fenced(stored),
+            Err(e) => e,
+        };
+        match err.class() {
+            Class::Poison => return Range::Poison(err),
+            Class::Fatal => return Range::Fatal(err),
+            Class::Transient => {
+                metrics::counter!(m::TRANSIENT_RETRIES, "kind" => err.transient_kind())
+                    .increment(1);
+                ctx.health
+                    .set_pg_down(err.transient_kind().starts_with("pg_"));
+                tracing::warn!(error = %err, "transient failure; backing off and retrying");
+                if backoff.wait(ctx.stop).await.is_err() {
+                    return Range::Stopped;
+                }
+                match ctx
+                    .writer
+                    .resolve_after_failure(&ctx.key, expected, next_offset)
+                    .await
+                {
+                    Ok(AfterFailure::AlreadyCommitted) => {
+                        return Range::Committed(WriteStats::default(), true)
+                    }
+                    Ok(AfterFailure::Fenced { stored }) => return Range::Fenced(stored),
+                    Ok(AfterFailure::NotCommitted) | Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Writes one poison message to the spool, durably, retrying while the disk
+/// is the problem (a full disk pauses; it never drops).
+pub async fn spool(
+    ctx: &Ctx<'_>,
+    message: &Pending,
+    err: &Error,
+    attempts: Attempts,
+) -> std::result::Result<(), Outcome> {
+    let dead_letter = dead_letter(ctx, message, err, attempts);
+    let mut backoff = Backoff::new(ctx.retry_initial, ctx.retry_max);
+    loop {
+        let spool = ctx.spool.clone();
+        let dl = dead_letter.clone();
+        let put = tokio::task::spawn_blocking(move || spool.put(&dl)).await;
+        match put {
+            Ok(Ok(_)) => {
+                let reason = err.reason().unwrap_or(Reason::Panic);
+                metrics::counter!(m::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
+                    "stage" => reason.stage(), "reason" => reason.as_str())
+                .increment(1);
+                tracing::warn!(offset = message.offset, reason = %reason, error = %err, id = %dead_letter.id, "dead-lettered");
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind()).increment(1);
+                tracing::error!(error = %e, "cannot write to the spool; retrying");
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "spool write panicked; retrying");
+            }
+        }
+        if backoff.wait(ctx.stop).await.is_err() {
+            return Err(Outcome::Stopped);
+        }
+    }
+}
+
+/// How often one message was tried, and since when it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts {
+    pub count: u32,
+    pub first_failure_unix_ms: i64,
+}
+
+impl Attempts {
+    pub fn once() -> Self {
+        Attempts {
+            count: 1,
+            first_failure_unix_ms: now_unix_ms(),
+        }
+    }
+
+    fn again(previous: Option<Attempts>) -> Self {
+        match previous {
+            Some(a) => Attempts {
+                count: a.count + 1,
+                ..a
+            },
+            None => Attempts::once(),
+        }
+    }
+}
+
+/// The dead letter for one message: the original bytes, unchanged, and why.
+pub fn dead_letter(
+    ctx: &Ctx<'_>,
+    message: &Pending,
+    err: &Error,
+    attempts: Attempts,
+) -> DeadLetter {
+    let reason = err.reason().unwrap_or(Reason::Panic);
+    DeadLetter {
+        id: dead_letter_id(
+            ctx.key.group,
+            ctx.key.topic,
+            ctx.key.partition,
+            message.offset,
+        ),
+        group: ctx.key.group.to_string(),
+        topic: ctx.key.topic.to_string(),
+        partition: ctx.key.partition,
+        offset: message.offset,
+        timestamp_ms: message.timestamp_ms,
+        key: message.key.clone(),
+        headers: message
+            .headers
+            .iter()
+            .map(|(k, v)| Header {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        payload: message.payload.clone(),
+        tenant: message.tenant.as_ref().ok().map(|t| t.to_string()),
+        stage: reason.stage().to_string(),
+        reason: reason.as_str().to_string(),
+        error: truncate_error(&err.to_string()),
+        sqlstate: err.sqlstate().map(str::to_string),
+        attempts: attempts.count,
+        first_failure_unix_ms: attempts.first_failure_unix_ms,
+        instance: ctx.instance.to_string(),
+        version: crate::VERSION.to_string(),
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

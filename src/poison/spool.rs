@@ -1,0 +1,742 @@
+//! The poison spool: dead letters waiting to be published to the DLQ topic.
+//!
+//! Durable order on the poison path: a dead letter is written here (the file
+//! and then its directory fsynced) before its partition's offset moves past it
+//! in PostgreSQL, and it is removed only after the DLQ broker acknowledged it.
+//! A crash anywhere in between leaves the entry here to be published again; its
+//! id lets a DLQ consumer drop that duplicate.
+//!
+//! One file per entry, `<id>.dl`, framed so that a torn or damaged file is
+//! recognised rather than published:
+//!
+//! | bytes | field                                     |
+//! |-------|-------------------------------------------|
+//! | 4     | magic `SPDL`                              |
+//! | 1     | format version (1)                        |
+//! | 4     | body length, u32 little-endian            |
+//! | 4     | CRC32C of the body, u32 little-endian     |
+//! | n     | body: the `DeadLetter` protobuf           |
+//!
+//! A damaged entry is moved to `quarantine/`, never deleted: it may hold the
+//! only copy of a message.
+//!
+//! Every call blocks on the filesystem; async callers use `spawn_blocking`.
+//! One process owns a spool directory; concurrent calls from its tasks are safe.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+
+use crate::error::{Error, Result};
+use crate::metrics as m;
+use crate::otlp::spansink::v1::DeadLetter;
+
+const MAGIC: &[u8; 4] = b"SPDL";
+const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 13;
+/// Largest body accepted. A dead letter holds one Kafka message, and Kafka
+/// brokers refuse messages near this size long before it; a length above it
+/// can only be damage. Nothing is allocated beyond the file's real size.
+pub const MAX_BODY_BYTES: u32 = 1 << 30;
+/// Entry ids are file names: kept to what `dead_letter_id` produces.
+const MAX_ID_LEN: usize = 200;
+const ENTRY_SUFFIX: &str = ".dl";
+const TMP_SUFFIX: &str = ".tmp";
+const QUARANTINE_DIR: &str = "quarantine";
+
+/// Makes each temporary file name unique, so that two tasks spooling the same
+/// dead letter at once never write into one file.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// At this many entries the spool is full: consumption pauses.
+    pub max_entries: usize,
+    /// At this many bytes on disk the spool is full: consumption pauses.
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Written,
+    /// An entry with this id was already spooled; nothing was written.
+    AlreadyPresent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub id: String,
+    /// Size of the entry's file.
+    pub bytes: u64,
+    /// When the entry was written (the file's modification time).
+    pub created: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolStats {
+    pub entries: usize,
+    pub bytes: u64,
+    pub oldest: Option<SystemTime>,
+}
+
+/// Why an entry's file cannot be trusted.
+#[derive(Debug)]
+pub enum Damage {
+    Short {
+        len: u64,
+    },
+    BadMagic,
+    UnknownVersion(u8),
+    TooLarge {
+        declared: u64,
+    },
+    LengthMismatch {
+        declared: u64,
+        actual: u64,
+    },
+    Checksum {
+        stored: u32,
+        computed: u32,
+    },
+    Undecodable(prost::DecodeError),
+    /// The file is named `<id>.dl` but `<id>` is not a valid entry id.
+    BadName,
+    /// The entry inside belongs to another id.
+    WrongName {
+        inside: String,
+    },
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::Short { len } => write!(f, "{len} bytes, shorter than the header"),
+            Damage::BadMagic => f.write_str("not a spool entry (bad magic)"),
+            Damage::UnknownVersion(v) => write!(f, "unknown format version {v}"),
+            Damage::TooLarge { declared } => {
+                write!(f, "declared length {declared} above the limit")
+            }
+            Damage::LengthMismatch { declared, actual } => {
+                write!(
+                    f,
+                    "torn: body of {declared} bytes declared, {actual} present"
+                )
+            }
+            Damage::Checksum { stored, computed } => {
+                write!(
+                    f,
+                    "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
+                )
+            }
+            Damage::Undecodable(e) => write!(f, "body is not a dead letter: {e}"),
+            Damage::BadName => f.write_str("file name is not a valid entry id"),
+            Damage::WrongName { inside } => {
+                write!(f, "file name does not match the entry id {inside:?}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    bytes: u64,
+    created: SystemTime,
+}
+
+/// What this process knows is in the directory; it is the only writer.
+#[derive(Debug, Default)]
+struct Index {
+    entries: HashMap<String, Meta>,
+    bytes: u64,
+}
+
+impl Index {
+    /// Returns whether the id was already there.
+    fn insert(&mut self, id: String, meta: Meta) -> bool {
+        self.bytes += meta.bytes;
+        match self.entries.insert(id, meta) {
+            Some(old) => {
+                self.bytes -= old.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.entries.remove(id) {
+            self.bytes -= old.bytes;
+        }
+    }
+
+    fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            entries: self.entries.len(),
+            bytes: self.bytes,
+            oldest: self.entries.values().map(|m| m.created).min(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    config: SpoolConfig,
+    quarantine: PathBuf,
+    /// Inspection only: nothing is created, removed or quarantined.
+    read_only: bool,
+    index: Mutex<Index>,
+}
+
+impl Spool {
+    /// Creates the directory (and `quarantine/`), removes leftover temporary
+    /// files and reads every entry back: a torn or corrupt one is moved to
+    /// `quarantine/`, counted and logged, and never blocks opening.
+    pub fn open(config: SpoolConfig) -> Result<Spool> {
+        let quarantine = config.dir.join(QUARANTINE_DIR);
+        for dir in [&config.dir, &quarantine] {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        // The directories themselves must survive a crash before any entry in them can.
+        sync_dir(&config.dir)?;
+        if let Some(parent) = parent_dir(&config.dir) {
+            sync_dir(parent)?;
+        }
+        let spool = Spool {
+            config,
+            quarantine,
+            read_only: false,
+            index: Mutex::new(Index::default()),
+        };
+        spool.recover()?;
+        spool.record_capacity();
+        spool.record_metrics();
+        Ok(spool)
+    }
+
+    /// Opens an existing spool for inspection: lists entries by their file
+    /// metadata and changes nothing on disk, not even a damaged entry.
+    pub fn open_read_only(dir: &Path) -> Result<Spool> {
+        let spool = Spool {
+            config: SpoolConfig {
+                dir: dir.to_path_buf(),
+                max_entries: usize::MAX,
+                max_bytes: u64::MAX,
+            },
+            quarantine: dir.join(QUARANTINE_DIR),
+            read_only: true,
+            index: Mutex::new(Index::default()),
+        };
+        let mut index = Index::default();
+        for name in spool.entry_names()? {
+            let path = spool.config.dir.join(&name);
+            let meta = match File::open(&path).and_then(|f| file_meta(&f)) {
+                Ok(meta) => meta,
+                // Published and removed by the running instance meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_at(&path, e)),
+            };
+            index.insert(name.trim_end_matches(ENTRY_SUFFIX).to_string(), meta);
+        }
+        *spool.lock() = index;
+        Ok(spool)
+    }
+
+    /// Spools a dead letter, idempotently by its id. Never refuses because the
+    /// spool is full: the poison is identified and must not be lost; fullness
+    /// only pauses consumption (see [`Spool::is_full`]).
+    pub fn put(&self, dead_letter: &DeadLetter) -> Result<PutOutcome> {
+        self.writable("put")?;
+        let id = dead_letter.id.as_str();
+        check_id(id)?;
+        if self.lock().entries.contains_key(id) {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let frame = encode(dead_letter)?;
+        let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.config.dir.join(format!(".{id}.{seq}{TMP_SUFFIX}"));
+        let path = self.entry_path(id);
+        let created = write_new(&tmp, &frame)
+            .and_then(|created| fs::rename(&tmp, &path).map(|()| created))
+            .map_err(|e| {
+                // Best effort: open() removes any temporary file left behind.
+                let _ = fs::remove_file(&tmp);
+                io_at(&path, e)
+            })?;
+        sync_dir(&self.config.dir)?;
+        let meta = Meta {
+            bytes: frame.len() as u64,
+            created,
+        };
+        // A concurrent put of the same id may have renamed first: its file was
+        // replaced by an equivalent one, and the entry counts once.
+        let existed = self.lock().insert(id.to_string(), meta);
+        self.record_metrics();
+        Ok(if existed {
+            PutOutcome::AlreadyPresent
+        } else {
+            PutOutcome::Written
+        })
+    }
+
+    /// Consumption must pause: the DLQ is not keeping up.
+    pub fn is_full(&self) -> bool {
+        let index = self.lock();
+        index.entries.len() >= self.config.max_entries || index.bytes >= self.config.max_bytes
+    }
+
+    /// Every entry, oldest first.
+    pub fn list(&self) -> Result<Vec<EntryInfo>> {
+        let mut list: Vec<EntryInfo> = self
+            .lock()
+            .entries
+            .iter()
+            .map(|(id, meta)| EntryInfo {
+                id: id.clone(),
+                bytes: meta.bytes,
+                created: meta.created,
+            })
+            .collect();
+        list.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(list)
+    }
+
+    /// Reads and verifies one entry. A damaged entry is quarantined (unless the
+    /// spool is read-only) and reported as an [`Error::Io`] of kind
+    /// `InvalidData`; a missing one as kind `NotFound`.
+    pub fn read(&self, id: &str) -> Result<DeadLetter> {
+        check_id(id)?;
+        let path = self.entry_path(id);
+        let (_, verified) = read_entry(&path).map_err(|e| io_at(&path, e))?;
+        let damage = match verified {
+            Ok(d) if d.id == id => return Ok(d),
+            Ok(d) => Damage::WrongName { inside: d.id },
+            Err(damage) => damage,
+        };
+        let what = if self.read_only {
+            format!("{damage}")
+        } else {
+            self.quarantine(&entry_name(id), &damage)?;
+            self.lock().remove(id);
+            self.record_metrics();
+            format!("{damage}; moved to quarantine")
+        };
+        Err(Error::io(
+            format!("spool entry {id}"),
+            io::Error::new(io::ErrorKind::InvalidData, what),
+        ))
+    }
+
+    /// Deletes an entry after the DLQ acknowledged it, or when superseded.
+    /// Removing an entry that is not there succeeds.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        self.writable("remove")?;
+        check_id(id)?;
+        let path = self.entry_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.config.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&path, e)),
+        }
+        self.lock().remove(id);
+        self.record_metrics();
+        Ok(())
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.lock().stats()
+    }
+
+    /// Sets the spool gauges; the oldest entry's age changes with time alone,
+    /// so the owner calls this periodically as well.
+    pub fn record_metrics(&self) {
+        let stats = self.stats();
+        let age = stats
+            .oldest
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(m::SPOOL_ENTRIES).set(stats.entries as f64);
+        metrics::gauge!(m::SPOOL_BYTES).set(stats.bytes as f64);
+        metrics::gauge!(m::SPOOL_OLDEST_AGE_SECONDS).set(age);
+    }
+
+    /// How many files `quarantine/` holds, for operators.
+    pub fn quarantined(&self) -> Result<usize> {
+        match fs::read_dir(&self.quarantine) {
+            Ok(dir) => dir
+                .map(|e| e.map(|_| ()))
+                .collect::<io::Result<Vec<()>>>()
+                .map(|v| v.len())
+                .map_err(|e| io_at(&self.quarantine, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_at(&self.quarantine, e)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    fn record_capacity(&self) {
+        metrics::gauge!(m::SPOOL_CAPACITY_ENTRIES).set(self.config.max_entries as f64);
+        metrics::gauge!(m::SPOOL_CAPACITY_BYTES).set(self.config.max_bytes as f64);
+    }
+
+    /// Brings the directory back to a state where every `.dl` file is a whole,
+    /// verified entry, and indexes them.
+    fn recover(&self) -> Result<()> {
+        let dir = &self.config.dir;
+        let listing = fs::read_dir(dir).map_err(|e| io_at(dir, e))?;
+        let mut index = Index::default();
+        for entry in listing {
+            let entry = entry.map_err(|e| io_at(dir, e))?;
+            let file_type = entry.file_type().map_err(|e| io_at(&entry.path(), e))?;
+            if !file_type.is_file() {
+                continue; // quarantine/, the crash guard's inflight/, lost+found
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(file = ?entry.file_name(), "ignoring a spool file with a non-UTF-8 name");
+                continue;
+            };
+            if is_tmp_name(&name) {
+                // A put that never reached its rename: its poison was not yet
+                // acknowledged as spooled, so the offset did not move past it.
+                fs::remove_file(entry.path()).map_err(|e| io_at(&entry.path(), e))?;
+                tracing::info!(file = %name, "removed an unfinished spool write");
+            } else if let Some(id) = name.strip_suffix(ENTRY_SUFFIX) {
+                if let Some(meta) = self.recover_entry(&name, id)? {
+                    index.insert(id.to_string(), meta);
+                }
+            } else {
+                tracing::warn!(file = %name, "ignoring a file that is not a spool entry");
+            }
+        }
+        sync_dir(dir)?;
+        *self.lock() = index;
+        Ok(())
+    }
+
+    /// One entry at open: its metadata if whole, else it goes to quarantine.
+    fn recover_entry(&self, name: &str, id: &str) -> Result<Option<Meta>> {
+        let path = self.config.dir.join(name);
+        let damage = if check_id(id).is_err() {
+            Damage::BadName
+        } else {
+            match read_entry(&path).map_err(|e| io_at(&path, e))? {
+                (meta, Ok(d)) if d.id == id => return Ok(Some(meta)),
+                (_, Ok(d)) => Damage::WrongName { inside: d.id },
+                (_, Err(damage)) => damage,
+            }
+        };
+        self.quarantine(name, &damage)?;
+        Ok(None)
+    }
+
+    /// Moves a damaged file aside, keeping any earlier file of the same name.
+    fn quarantine(&self, name: &str, damage: &Damage) -> Result<()> {
+        let from = self.config.dir.join(name);
+        let mut to = self.quarantine.join(name);
+        if fs::symlink_metadata(&to).is_ok() {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            to = self.quarantine.join(format!("{name}.{nanos}"));
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            // Another task quarantined it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_at(&from, e)),
+        }
+        sync_dir(&self.quarantine)?;
+        sync_dir(&self.config.dir)?;
+        metrics::counter!(m::SPOOL_QUARANTINED).increment(1);
+        tracing::warn!(
+            file = %name,
+            why = %damage,
+            moved_to = %to.display(),
+            "damaged spool entry quarantined"
+        );
+        Ok(())
+    }
+
+    /// Names of the `.dl` files, for the read-only listing.
+    fn entry_names(&self) -> Result<Vec<String>> {
+        let dir = &self.config.dir;
+        let listing = fs::read_dir(dir).map_err(|e| io_at(dir, e))?;
+        let mut names = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|e| io_at(dir, e))?;
+            let is_file = entry
+                .file_type()
+                .map_err(|e| io_at(&entry.path(), e))?
+                .is_file();
+            match entry.file_name().to_str() {
+                Some(name) if is_file && name.ends_with(ENTRY_SUFFIX) && !is_tmp_name(name) => {
+                    names.push(name.to_string())
+                }
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+
+    fn entry_path(&self, id: &str) -> PathBuf {
+        self.config.dir.join(entry_name(id))
+    }
+
+    fn writable(&self, operation: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Error::config(
+                "spool",
+                format!("{operation} on a spool opened read-only"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn entry_name(id: &str) -> String {
+    format!("{id}{ENTRY_SUFFIX}")
+}
+
+fn is_tmp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TMP_SUFFIX)
+}
+
+/// Ids become file names: ASCII letters, digits, `-` and `_`, as
+/// `dead_letter_id` makes them. Anything else (a `/`, `..`) is refused.
+fn check_id(id: &str) -> Result<()> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::config(
+            "spool entry id",
+            format!("{id:?} is not a valid entry id"),
+        ))
+    }
+}
+
+/// The frame of one entry. Fails only for a dead letter too large to read back.
+pub fn encode(dead_letter: &DeadLetter) -> Result<Vec<u8>> {
+    let len = dead_letter.encoded_len();
+    let declared = u32::try_from(len)
+        .ok()
+        .filter(|n| *n <= MAX_BODY_BYTES)
+        .ok_or_else(|| {
+            Error::config(
+                "spool",
+                format!(
+                    "dead letter {} is {len} bytes, above the spool's limit of {MAX_BODY_BYTES}",
+                    dead_letter.id
+                ),
+            )
+        })?;
+    let mut frame = Vec::with_capacity(HEADER_LEN + len);
+    frame.extend_from_slice(MAGIC);
+    frame.push(FORMAT_VERSION);
+    frame.extend_from_slice(&declared.to_le_bytes());
+    frame.extend_from_slice(&[0; 4]); // the checksum, once the body is there
+    dead_letter
+        .encode(&mut frame)
+        .map_err(|e| Error::io("encoding a dead letter", io::Error::other(e)))?;
+    let crc = crc32c::crc32c(&frame[HEADER_LEN..]);
+    frame[9..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    Ok(frame)
+}
+
+/// Verifies and decodes one entry's frame.
+pub fn decode(frame: &[u8]) -> std::result::Result<DeadLetter, Damage> {
+    let Some((header, body)) = frame.split_first_chunk::<HEADER_LEN>() else {
+        return Err(Damage::Short {
+            len: frame.len() as u64,
+        });
+    };
+    if &header[..4] != MAGIC {
+        return Err(Damage::BadMagic);
+    }
+    if header[4] != FORMAT_VERSION {
+        return Err(Damage::UnknownVersion(header[4]));
+    }
+    let declared = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
+    let stored = u32::from_le_bytes([header[9], header[10], header[11], header[12]]);
+    if declared > MAX_BODY_BYTES {
+        return Err(Damage::TooLarge {
+            declared: declared.into(),
+        });
+    }
+    if body.len() as u64 != u64::from(declared) {
+        return Err(Damage::LengthMismatch {
+            declared: declared.into(),
+            actual: body.len() as u64,
+        });
+    }
+    let computed = crc32c::crc32c(body);
+    if computed != stored {
+        return Err(Damage::Checksum { stored, computed });
+    }
+    DeadLetter::decode(body).map_err(Damage::Undecodable)
+}
+
+/// Reads a file no larger than the largest valid frame; a larger one is
+/// damage, found without reading it.
+type Verified = std::result::Result<DeadLetter, Damage>;
+
+fn read_entry(path: &Path) -> io::Result<(Meta, Verified)> {
+    let mut file = File::open(path)?;
+    let meta = file_meta(&file)?;
+    let max = HEADER_LEN as u64 + u64::from(MAX_BODY_BYTES);
+    if meta.bytes > max {
+        let declared = meta.bytes - HEADER_LEN as u64;
+        return Ok((meta, Err(Damage::TooLarge { declared })));
+    }
+    let mut frame = Vec::with_capacity(usize::try_from(meta.bytes).unwrap_or(0));
+    // `take`: a file that grows while being read is still bounded.
+    io::Read::take(&mut file, max + 1).read_to_end(&mut frame)?;
+    Ok((meta, decode(&frame)))
+}
+
+/// Writes a new file and makes its contents durable; returns its mtime.
+fn write_new(path: &Path, contents: &[u8]) -> io::Result<SystemTime> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    file.metadata()?.modified()
+}
+
+fn file_meta(file: &File) -> io::Result<Meta> {
+    let metadata = file.metadata()?;
+    Ok(Meta {
+        bytes: metadata.len(),
+        created: metadata.modified()?,
+    })
+}
+
+/// Makes a directory's entries (creations, renames, unlinks) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// The directory holding `dir`; `.` for a relative single component.
+pub(crate) fn parent_dir(dir: &Path) -> Option<&Path> {
+    match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".")),
+        other => other,
+    }
+}
+
+fn io_at(path: &Path, e: io::Error) -> Error {
+    Error::io(path.display().to_string(), e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::spansink::v1::Header;
+
+    fn letter(id: &str) -> DeadLetter {
+        DeadLetter {
+            id: id.to_string(),
+            topic: "otlp_spans".into(),
+            partition: 2,
+            offset: 7,
+            payload: vec![0xff, 0x00, 0x17],
+            headers: vec![Header {
+                key: "X-Scope-OrgID".into(),
+                value: Some(b"acme".to_vec()),
+            }],
+            reason: "bad_protobuf".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn frame_round_trips() {
+        let d = letter("a-1-2");
+        let frame = encode(&d).unwrap();
+        assert_eq!(&frame[..4], b"SPDL");
+        assert_eq!(frame[4], 1);
+        assert_eq!(decode(&frame).unwrap(), d);
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_recognised() {
+        let frame = encode(&letter("a-1-2")).unwrap();
+
+        assert!(matches!(decode(&frame[..5]), Err(Damage::Short { len: 5 })));
+        assert!(matches!(
+            decode(&frame[..frame.len() - 1]),
+            Err(Damage::LengthMismatch { .. })
+        ));
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode(&longer),
+            Err(Damage::LengthMismatch { .. })
+        ));
+
+        let mut magic = frame.clone();
+        magic[0] = b'X';
+        assert!(matches!(decode(&magic), Err(Damage::BadMagic)));
+
+        let mut version = frame.clone();
+        version[4] = 2;
+        assert!(matches!(decode(&version), Err(Damage::UnknownVersion(2))));
+
+        let mut huge = frame.clone();
+        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&huge), Err(Damage::TooLarge { .. })));
+
+        let mut flipped = frame.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(matches!(decode(&flipped), Err(Damage::Checksum { .. })));
+    }
+
+    #[test]
+    fn a_checksummed_body_that_is_not_protobuf_is_undecodable() {
+        let body = [0xff_u8; 8];
+        let mut frame = Vec::new();
+        frame.extend_from_slice(b"SPDL");
+        frame.push(1);
+        frame.extend_from_slice(&8_u32.to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        assert!(matches!(decode(&frame), Err(Damage::Undecodable(_))));
+    }
+
+    #[test]
+    fn ids_that_are_not_plain_file_names_are_refused() {
+        let id = crate::poison::record::dead_letter_id("g", "t", 0, 1);
+        assert!(check_id(&id).is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "a.dl", "é", &"x".repeat(201)] {
+            assert!(check_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn temporary_names_are_told_from_entries() {
+        assert!(is_tmp_name(".abc.3.tmp"));
+        assert!(!is_tmp_name("abc.dl"));
+        assert!(!is_tmp_name("abc.tmp"));
+    }
+}
