@@ -355,20 +355,30 @@ const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Checks a broker list and `--kafka` settings; a reserved key is refused by
+/// name, with the guarantee it would break.
+pub fn validate_kafka(
+    brokers: &str,
+    settings: &[KafkaSetting],
+    reserved: &[(&str, &str)],
+) -> Result<()> {
+    if brokers.trim().is_empty() {
+        return Err(Error::config("--brokers", "is empty"));
+    }
+    for s in settings {
+        if let Some((_, why)) = reserved.iter().find(|(k, _)| *k == s.key) {
+            return Err(Error::config(
+                format!("--kafka {}", s.key),
+                format!("cannot be set: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl KafkaArgs {
     pub fn validate(&self) -> Result<()> {
-        if self.brokers.trim().is_empty() {
-            return Err(Error::config("--brokers", "is empty"));
-        }
-        for s in &self.kafka {
-            if let Some((_, why)) = RESERVED_KAFKA_KEYS.iter().find(|(k, _)| *k == s.key) {
-                return Err(Error::config(
-                    format!("--kafka {}", s.key),
-                    format!("cannot be set: {why}"),
-                ));
-            }
-        }
-        Ok(())
+        validate_kafka(&self.brokers, &self.kafka, RESERVED_KAFKA_KEYS)
     }
 }
 

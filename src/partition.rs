@@ -16,6 +16,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::retry::Backoff;
+
 use crate::batch::{Batch, BatchLimits, Pending};
 use crate::config::Encoding;
 use crate::decode::{self, Limits};
@@ -289,30 +291,18 @@ impl PartitionWorker {
         if let Flow::Stop = self.wait_for_spool_room().await {
             return Flow::Stop;
         }
-        let guard = self.pipeline.crash_guard.clone();
-        let key = (
-            self.pipeline.settings.group.clone(),
-            self.lease.topic.clone(),
-            self.lease.partition,
-        );
-        let threshold = guard.threshold();
-        let crashes =
-            blocking(move || guard.begin(&key.0, &key.1, key.2, first, next_offset - 1)).await;
+        let threshold = self.pipeline.crash_guard.threshold();
+        let Some(crashes) = self.guard_begin(first, next_offset - 1).await else {
+            return Flow::Stop;
+        };
         let started = Instant::now();
-        let flow = match crashes {
-            Ok(c) if c < threshold => self.write_messages(&batch.messages, started).await,
-            Ok(crashes) => {
-                metrics::counter!(m::CRASH_GUARD_RANGES, "topic" => self.lease.topic.clone())
-                    .increment(1);
-                tracing::warn!(crashes, "the process died while this range was in flight: processing it one message at a time");
-                self.write_one_by_one(&batch.messages).await
-            }
-            Err(e) => {
-                // Without its record the crash guard cannot protect this batch;
-                // the spool directory is unwritable, which is transient.
-                tracing::error!(error = %e, "cannot record the batch's range in the spool directory");
-                return Flow::Stop;
-            }
+        let flow = if crashes < threshold {
+            self.write_messages(&batch.messages, started).await
+        } else {
+            metrics::counter!(m::CRASH_GUARD_RANGES, "topic" => self.lease.topic.clone())
+                .increment(1);
+            tracing::warn!(crashes, "the process died while this range was in flight: processing it one message at a time");
+            self.write_one_by_one(&batch.messages).await
         };
         // Returning at all means the process survived the batch, whatever its outcome.
         let guard = self.pipeline.crash_guard.clone();
@@ -337,22 +327,9 @@ impl PartitionWorker {
             if self.expected.is_some_and(|e| message.offset < e) {
                 continue;
             }
-            let guard = self.pipeline.crash_guard.clone();
-            let threshold = guard.threshold();
-            let key = (
-                self.pipeline.settings.group.clone(),
-                self.lease.topic.clone(),
-                self.lease.partition,
-            );
-            let offset = message.offset;
-            let crashes = match blocking(move || guard.begin(&key.0, &key.1, key.2, offset, offset))
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record the message's offset in the spool directory");
-                    return Flow::Stop;
-                }
+            let threshold = self.pipeline.crash_guard.threshold();
+            let Some(crashes) = self.guard_begin(message.offset, message.offset).await else {
+                return Flow::Stop;
             };
             let one = std::slice::from_ref(message);
             let flow = if crashes >= threshold {
@@ -370,6 +347,33 @@ impl PartitionWorker {
             }
         }
         Flow::Continue
+    }
+
+    /// Records the range with the crash guard, retrying while the spool
+    /// directory cannot be written (a full disk pauses, it never skips the
+    /// guard). `None` when asked to stop meanwhile.
+    async fn guard_begin(&self, first: i64, last: i64) -> Option<u32> {
+        let mut backoff = Backoff::new(
+            self.pipeline.settings.retry_initial,
+            self.pipeline.settings.retry_max,
+        );
+        loop {
+            let guard = self.pipeline.crash_guard.clone();
+            let (group, topic, partition) = (
+                self.pipeline.settings.group.clone(),
+                self.lease.topic.clone(),
+                self.lease.partition,
+            );
+            match blocking(move || guard.begin(&group, &topic, partition, first, last)).await {
+                Ok(crashes) => return Some(crashes),
+                Err(e) => {
+                    metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind())
+                        .increment(1);
+                    tracing::error!(error = %e, "cannot record the offset range in the spool directory; retrying");
+                    backoff.wait(&self.stop).await.ok()?;
+                }
+            }
+        }
     }
 
     async fn write_messages(&mut self, messages: &[Pending], started: Instant) -> Flow {

@@ -655,7 +655,21 @@ async fn postgres_down_during_a_stream_sends_nothing_to_the_dlq() {
 
     proxy.block();
     produced.extend(common::traffic::produce_traffic(&bootstrap, TOPIC, 2, 20, &mut gen).await);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Lag shows, in messages and in seconds, while nothing can commit.
+    wait_for("lag reported", Duration::from_secs(30), || async {
+        let metrics = instance.scrape().await;
+        let positive = |name: &str| {
+            metrics.lines().any(|l| {
+                l.starts_with(name)
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > 0.0)
+            })
+        };
+        positive("spansink_consumer_lag_messages{") && positive("spansink_consumer_lag_seconds{")
+    })
+    .await;
     assert_eq!(
         read_all(&bootstrap, DLQ).len(),
         0,
@@ -675,4 +689,68 @@ async fn postgres_down_during_a_stream_sends_nothing_to_the_dlq() {
         stored_offsets(&db, "g-pgdown", TOPIC).await,
         produced.end_offsets()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_pauses_consumption_and_readiness_until_it_drains() {
+    let db = TestDb::migrated().await;
+    let (kafka, bootstrap) = cluster(1);
+    kafka.partition_leader(DLQ, 0, 3).expect("leader");
+    kafka.partition_leader(TOPIC, 0, 1).expect("leader");
+    kafka
+        .group_coordinator("g-spoolfull", 1)
+        .expect("coordinator");
+    kafka.broker_down(3).expect("down");
+    let p = producer(&bootstrap);
+    produce(&p, TOPIC, 0, Some("acme"), &fixture("poison_garbage.bin")).await;
+    let mut gen = generator(900, 5);
+    let (t, payload, good) = marked_message(&mut gen, "good");
+    produce(&p, TOPIC, 0, Some(&t), &payload).await;
+    produce(&p, TOPIC, 0, Some("acme"), &fixture("poison_truncated.pb")).await;
+    let instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-spoolfull",
+        &[
+            "--spool-max-entries=1",
+            "--batch-max-messages=1",
+            "--dlq-message-timeout=2s",
+        ],
+    );
+    wait_for(
+        "spool full and not ready",
+        Duration::from_secs(60),
+        || async {
+            http_get(&instance.metrics_addr, "/readyz")
+                .await
+                .is_some_and(|(code, body)| code == 503 && body.contains("spool full"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        spool_files(&instance.spool),
+        1,
+        "consumption paused at the limit; nothing dropped"
+    );
+    assert_eq!(
+        stored_offsets(&db, "g-spoolfull", TOPIC).await.get(&0),
+        Some(&1)
+    );
+
+    kafka.broker_up(3).expect("up");
+    wait_for(
+        "drained, consumed to the end, ready again",
+        Duration::from_secs(60),
+        || async {
+            stored_offsets(&db, "g-spoolfull", TOPIC).await.get(&0) == Some(&3)
+                && spool_files(&instance.spool) == 0
+                && http_get(&instance.metrics_addr, "/readyz")
+                    .await
+                    .is_some_and(|(code, _)| code == 200)
+        },
+    )
+    .await;
+    assert_eq!(span_count(&db).await as usize, good);
+    assert_eq!(read_all(&bootstrap, DLQ).len(), 2);
 }

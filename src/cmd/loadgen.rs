@@ -97,17 +97,7 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(50);
 
 impl LoadgenArgs {
     pub fn validate(&self) -> Result<()> {
-        if self.brokers.trim().is_empty() {
-            return Err(Error::config("--brokers", "is empty"));
-        }
-        for s in &self.kafka {
-            if let Some((_, why)) = RESERVED_KAFKA_KEYS.iter().find(|(k, _)| *k == s.key) {
-                return Err(Error::config(
-                    format!("--kafka {}", s.key),
-                    format!("cannot be set: {why}"),
-                ));
-            }
-        }
+        crate::config::validate_kafka(&self.brokers, &self.kafka, RESERVED_KAFKA_KEYS)?;
         if self.partitions < 1 {
             return Err(Error::config("--partitions", "must be at least 1"));
         }
