@@ -22,7 +22,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        // Asked to stop while waiting (for PostgreSQL, a topic): a clean exit.
+        Ok(()) | Err(Error::Shutdown) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, class = e.class().as_str(), "spansink stopped");
             eprintln!("spansink: {e}");

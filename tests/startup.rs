@@ -1,0 +1,110 @@
+//! Start-up behaviour: invalid configuration fails at once and names the
+//! setting; a topic that does not exist yet is waited for, unready, not fatal.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::db::TestDb;
+use common::kafka::{fixture, produce, producer};
+use common::spansink::{http_get, wait_for, Instance};
+use common::traffic::span_count;
+use spansink::kafka::mock::MockKafka;
+
+fn run_with(args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spansink"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPANSINK_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.arg("run").args(args).output().expect("run spansink");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn invalid_configuration_fails_at_start_naming_the_setting() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--traces-topic=otlp_spans:avro"], "avro"),
+        (&["--kafka=enable.auto.commit=true"], "enable.auto.commit"),
+        (&["--batch-linger=soon"], "--batch-linger"),
+        (&["--breaker-threshold=2"], "--breaker-threshold"),
+        (&["--database-url=postgres://db:notaport/x"], "--database-url"),
+        (&["--default-tenant=a/b"], "--default-tenant"),
+        (&["--dlq-topic=otlp_spans"], "--dlq-topic"),
+    ];
+    for (args, setting) in cases {
+        let (code, stderr) = run_with(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(setting),
+            "{args:?} should name {setting}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_librdkafka_setting_is_named() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    let (code, stderr) = run_with(&[
+        &format!("--brokers={}", kafka.bootstrap_servers()),
+        &format!("--database-url={}", db.url),
+        "--metrics-addr=127.0.0.1:0",
+        "--kafka=no.such.setting=1",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no.such.setting"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_waited_for_unready_then_consumed() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let mut instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-wait",
+        &["--traces-topic=late_topic"],
+    );
+    wait_for(
+        "unready, waiting for the topic",
+        Duration::from_secs(30),
+        || async {
+            http_get(&instance.metrics_addr, "/readyz")
+                .await
+                .is_some_and(|(code, body)| code == 503 && body.contains("waiting for topics"))
+        },
+    )
+    .await;
+    assert!(instance.is_running(), "a missing topic is not fatal");
+    assert!(instance.logs().contains("waiting for topics to exist"));
+
+    kafka.create_topic("late_topic", 1).expect("topic");
+    let p = producer(&bootstrap);
+    produce(
+        &p,
+        "late_topic",
+        0,
+        Some("acme"),
+        &fixture("traces_unknown_field.pb"),
+    )
+    .await;
+    wait_for(
+        "consumed once the topic exists",
+        Duration::from_secs(60),
+        || async { span_count(&db).await == 2 },
+    )
+    .await;
+    wait_for("ready", Duration::from_secs(30), || async {
+        http_get(&instance.metrics_addr, "/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+}
