@@ -16,8 +16,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::retry::Backoff;
-
 use crate::batch::{Batch, BatchLimits, Pending};
 use crate::config::Encoding;
 use crate::decode::{self, Limits};
@@ -32,6 +30,7 @@ use crate::pg::write::WriteStats;
 use crate::pipeline::Pipeline;
 use crate::poison::breaker::Verdict;
 use crate::poison::isolate;
+use crate::retry::Backoff;
 
 /// Gaps this small are what transaction markers leave; larger ones come from
 /// compaction, retention or a reset, and are worth a warning.

@@ -33,7 +33,10 @@ fn invalid_configuration_fails_at_start_naming_the_setting() {
         (&["--kafka=enable.auto.commit=true"], "enable.auto.commit"),
         (&["--batch-linger=soon"], "--batch-linger"),
         (&["--breaker-threshold=2"], "--breaker-threshold"),
-        (&["--database-url=postgres://db:notaport/x"], "--database-url"),
+        (
+            &["--database-url=postgres://db:notaport/x"],
+            "--database-url",
+        ),
         (&["--default-tenant=a/b"], "--default-tenant"),
         (&["--dlq-topic=otlp_spans"], "--dlq-topic"),
     ];
