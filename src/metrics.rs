@@ -15,6 +15,9 @@ pub const SPANS_WRITTEN: &str = "spansink_spans_written_total";
 pub const SPANS_DUPLICATE: &str = "spansink_spans_duplicate_total";
 pub const SPAN_EVENTS_WRITTEN: &str = "spansink_span_events_written_total";
 pub const SPAN_LINKS_WRITTEN: &str = "spansink_span_links_written_total";
+/// Zero until log topics are consumed; declared now so dashboards and alerts
+/// need no change when they are.
+pub const LOG_RECORDS_WRITTEN: &str = "spansink_log_records_written_total";
 pub const BATCHES_COMMITTED: &str = "spansink_batches_committed_total";
 pub const BATCH_MESSAGES: &str = "spansink_batch_messages";
 pub const BATCH_SPANS: &str = "spansink_batch_spans";
@@ -104,6 +107,11 @@ fn describe() {
         SPAN_LINKS_WRITTEN,
         Unit::Count,
         "Span links stored with newly inserted spans, per topic."
+    );
+    describe_counter!(
+        LOG_RECORDS_WRITTEN,
+        Unit::Count,
+        "Log records inserted into PostgreSQL, per topic."
     );
     describe_counter!(
         BATCHES_COMMITTED,
@@ -306,6 +314,7 @@ pub fn init_topic(topic: &str) {
         SPANS_DUPLICATE,
         SPAN_EVENTS_WRITTEN,
         SPAN_LINKS_WRITTEN,
+        LOG_RECORDS_WRITTEN,
         BATCHES_COMMITTED,
         KAFKA_COMMIT_FAILURES,
         BREAKER_TRIPS,

@@ -629,25 +629,17 @@ impl PartitionWorker {
             Ok(Ok(())) => Flow::Continue,
             other => {
                 tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot rewind after a lost fence");
-                self.halt(
-                    stored.unwrap_or(0),
-                    "seek_failed",
-                    "cannot rewind after a lost fence",
-                )
-                .await
+                self.stop_partition(stored, "cannot rewind after a lost fence")
+                    .await
             }
         }
     }
 
-    /// A permanent failure: the partition stops, loudly, and never skips. It
-    /// waits, paused, for revocation or shutdown; the offset stays where it is.
-    async fn halt(&mut self, offset: i64, reason: &str, error: &str) -> Flow {
-        tracing::error!(
-            offset,
-            reason,
-            error,
-            "partition stopped: a message cannot be written; it is not skipped"
-        );
+    /// The worker cannot go on without skipping: the partition stops, loudly,
+    /// paused until revocation or shutdown, its offset where PostgreSQL has it.
+    /// The next owner (or a restart) resumes there.
+    async fn stop_partition(&mut self, stored: Option<i64>, why: &str) -> Flow {
+        tracing::error!(stored = ?stored, why, "partition stopped; it resumes at the stored offset after a rebalance or restart");
         metrics::gauge!(m::STOPPED_PARTITIONS).increment(1.0);
         self.set_paused(true);
         self.stop.cancelled().await;

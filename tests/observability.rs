@@ -643,7 +643,7 @@ type Plan = Vec<(i32, String, Vec<u8>, usize)>;
 
 fn plan() -> Plan {
     let mut gen = generator(20_260_101, SPANS_PER_MESSAGE);
-    (0..MESSAGES)
+    let mut plan: Plan = (0..MESSAGES)
         .map(|i| {
             let msg = gen.next_message(SystemTime::now());
             let partition = i32::try_from(i).expect("small") % PARTITIONS;
@@ -654,8 +654,24 @@ fn plan() -> Plan {
                 msg.span_count,
             )
         })
-        .collect()
+        .collect();
+    // Poison among them: each must count once as a dead letter.
+    for (i, file) in POISON.iter().enumerate() {
+        let partition = i32::try_from(i).expect("small") % PARTITIONS;
+        plan.insert(
+            3 + i * 7,
+            (
+                partition,
+                "acme".to_string(),
+                common::kafka::fixture(file),
+                0,
+            ),
+        );
+    }
+    plan
 }
+
+const POISON: [&str; 2] = ["poison_garbage.bin", "poison_trace_id_15_bytes.pb"];
 
 async fn produce_plan(bootstrap: &str, plan: &Plan) {
     let p = producer(bootstrap);
@@ -776,6 +792,24 @@ fn a_known_workload_is_counted_exactly() {
     }
     assert_eq!(total(&first, m::SPANS_WRITTEN), Some(spans));
     assert_eq!(total(&first, m::SPANS_DUPLICATE), Some(0.0));
+    let poison = POISON.len() as f64;
+    assert_eq!(total(&first, m::DEAD_LETTERS), Some(poison), "dead letters");
+    assert_eq!(
+        total_where(
+            &first,
+            m::DEAD_LETTERS,
+            &[("reason", "bad_protobuf"), ("stage", "decode")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        total_where(
+            &first,
+            m::DEAD_LETTERS,
+            &[("reason", "invalid_id"), ("stage", "validate")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(
         total(&first, m::SPAN_EVENTS_WRITTEN),
         Some(w.stored_events as f64),
@@ -803,6 +837,11 @@ fn a_known_workload_is_counted_exactly() {
         "spans written moved on a replay"
     );
     assert_eq!(total(&replay, m::SPANS_DUPLICATE), Some(spans));
+    // At new offsets the poison is new poison: dead-lettered again, once each.
+    assert_eq!(
+        total(&replay, m::DEAD_LETTERS),
+        Some(2.0 * POISON.len() as f64)
+    );
     assert_eq!(
         total(&replay, &format!("{}_sum", m::BATCH_MESSAGES)),
         Some(2.0 * n)
