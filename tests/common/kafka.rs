@@ -11,13 +11,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub fn producer(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new()
+    producer_with(bootstrap, &[])
+}
+
+/// A producer with extra settings, such as a compression codec.
+pub fn producer_with(bootstrap: &str, settings: &[(&str, &str)]) -> FutureProducer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
+        .set("linger.ms", "5");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    config.create().expect("producer")
 }
 
 /// Produces one message and returns its (partition, offset).
