@@ -51,9 +51,10 @@ pub struct LogArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, env = "SPANSINK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log filter, in tracing's EnvFilter syntax.
-    #[arg(long, global = true, env = "SPANSINK_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, in tracing's EnvFilter syntax (default: info; warn for the demo,
+    /// whose summary is its output).
+    #[arg(long, global = true, env = "SPANSINK_LOG")]
+    pub log: Option<String>,
 }
 
 /// The PostgreSQL URL: `SPANSINK_DATABASE_URL`, else the conventional `DATABASE_URL`,

@@ -7,7 +7,11 @@ use spansink::error::{Class, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_tracing(&cli.log) {
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    if let Err(e) = init_tracing(&cli.log, default_filter) {
         eprintln!("spansink: {e}");
         return ExitCode::from(2);
     }
@@ -62,9 +66,10 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
     }
 }
 
-fn init_tracing(log: &LogArgs) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
-        .map_err(|e| format!("invalid configuration: --log: {e}"))?;
+fn init_tracing(log: &LogArgs, default_filter: &str) -> Result<(), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(log.log.as_deref().unwrap_or(default_filter))
+            .map_err(|e| format!("invalid configuration: --log: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

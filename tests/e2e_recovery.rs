@@ -41,9 +41,10 @@ async fn sigkill_mid_stream_then_restart_stores_every_span_once() {
     let db = TestDb::migrated().await;
     let (_kafka, bootstrap) = cluster(4);
     let mut gen = generator(1, 40);
-    let mut produced = produce_traffic(&bootstrap, TOPIC, 4, 200, &mut gen).await;
+    let mut produced = produce_traffic(&bootstrap, TOPIC, 4, 400, &mut gen).await;
 
-    let mut first = Instance::spawn(&bootstrap, &db.url, "g-kill", &["--batch-max-messages=5"]);
+    // One message per transaction keeps the stream long enough to kill it midway.
+    let mut first = Instance::spawn(&bootstrap, &db.url, "g-kill", &["--batch-max-messages=1"]);
     wait_for(
         "some batches committed",
         Duration::from_secs(30),

@@ -78,7 +78,7 @@ pub async fn run(
         args.partitions
     );
     println!(
-        "  produce your own:  kcat -b {bootstrap} -t {topic} -P -H X-Scope-OrgID=acme -l spans.pb"
+        "  produce your own:  kcat -b {bootstrap} -t {topic} -P -H X-Scope-OrgID=acme spans.pb   (one file, one message)"
     );
     println!("  PostgreSQL:     {}", redact(&args.db.database_url));
 
@@ -172,7 +172,6 @@ fn embedded_run_args(args: &DemoArgs, bootstrap: &str, run_id: &str) -> Result<R
                 .join(format!("spansink-{run_id}"))
                 .display()
         ),
-        "--kafka=session.timeout.ms=6000".to_string(),
     ];
     EmbeddedRun::try_parse_from(argv)
         .map(|e| e.run)
