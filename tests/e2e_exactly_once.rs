@@ -85,7 +85,7 @@ async fn counts(db: &TestDb) -> BTreeMap<String, (i64, i64, i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_are_stored_exactly_and_replays_change_nothing() {
-    let db = TestDb::create().await;
+    let db = TestDb::migrated().await;
     let kafka = MockKafka::start(3).expect("mock kafka");
     kafka.create_topic(TOPIC, 4).expect("topic");
     kafka.create_topic(JSON_TOPIC, 1).expect("json topic");

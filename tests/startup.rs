@@ -66,7 +66,8 @@ async fn an_unknown_librdkafka_setting_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_is_waited_for_unready_then_consumed() {
-    let db = TestDb::migrated().await;
+    // An empty database: `run` applies the migrations itself.
+    let db = TestDb::create().await;
     let kafka = MockKafka::start(1).expect("mock kafka");
     let bootstrap = kafka.bootstrap_servers().to_string();
     let mut instance = Instance::spawn(
@@ -86,6 +87,14 @@ async fn a_missing_topic_is_waited_for_unready_then_consumed() {
     )
     .await;
     assert!(instance.is_running(), "a missing topic is not fatal");
+    let versions: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .expect("migrated at start")
+        .get(0);
+    assert!(versions >= 1);
     assert!(instance.logs().contains("waiting for topics to exist"));
 
     kafka.create_topic("late_topic", 1).expect("topic");
