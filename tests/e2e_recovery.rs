@@ -319,3 +319,50 @@ async fn sigterm_under_load_exits_zero_with_offsets_matching_rows() {
     let ends = end_offsets(&bootstrap, TOPIC, 4);
     assert!(stored.iter().all(|(p, o)| *o <= ends[*p as usize]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(4);
+    let mut gen = generator(9, 60);
+    // About 20 KiB a message: 4 partitions of backlog against 512 KiB for batches.
+    let produced = produce_traffic(&bootstrap, TOPIC, 4, 200, &mut gen).await;
+    let budget: usize = 1 << 20;
+    let instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-budget",
+        &[
+            &format!("--max-inflight-bytes={budget}"),
+            "--batch-max-bytes=131072",
+            "--batch-max-messages=1000",
+        ],
+    );
+    let want = produced.total_spans();
+    let peak = std::sync::Mutex::new(0.0f64);
+    wait_for("the backlog stored", Duration::from_secs(90), || async {
+        let metrics = instance.scrape().await;
+        for l in metrics
+            .lines()
+            .filter(|l| l.starts_with("spansink_inflight_bytes "))
+        {
+            if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                let mut p = peak.lock().expect("peak");
+                *p = p.max(v);
+            }
+        }
+        span_count(&db).await as usize == want
+    })
+    .await;
+    let peak = *peak.lock().expect("peak");
+    assert!(peak > 0.0, "the gauge moved");
+    assert!(
+        peak <= (budget / 2) as f64,
+        "in-flight bytes {peak} above the batch half of the budget"
+    );
+    assert_traces_exact(&db).await;
+    assert_eq!(
+        stored_offsets(&db, "g-budget", TOPIC).await,
+        produced.end_offsets()
+    );
+}
