@@ -26,6 +26,16 @@ fn cluster(partitions: i32) -> (MockKafka, String) {
     (kafka, bootstrap)
 }
 
+/// Gives the DLQ partition a broker of its own and stops only that broker:
+/// fetching, the group and the source topic carry on (`broker_down(-1)` would
+/// stop them too). `broker_up(3)` ends the outage.
+fn dlq_broker_down(kafka: &MockKafka, group: &str) {
+    kafka.partition_leader(DLQ, 0, 3).expect("leader");
+    kafka.partition_leader(TOPIC, 0, 1).expect("leader");
+    kafka.group_coordinator(group, 1).expect("coordinator");
+    kafka.broker_down(3).expect("down");
+}
+
 fn spool_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -207,14 +217,7 @@ async fn a_permanent_postgres_failure_is_bisected_down_to_one_message() {
 async fn a_dlq_outage_keeps_dead_letters_in_the_spool_until_the_broker_returns() {
     let db = TestDb::migrated().await;
     let (kafka, bootstrap) = cluster(1);
-    // The DLQ partition gets a broker of its own; only that broker goes down,
-    // so fetching from the source topic goes on.
-    kafka.partition_leader(DLQ, 0, 3).expect("leader");
-    kafka.partition_leader(TOPIC, 0, 1).expect("leader");
-    kafka
-        .group_coordinator("g-dlqdown", 1)
-        .expect("coordinator");
-    kafka.broker_down(3).expect("down");
+    dlq_broker_down(&kafka, "g-dlqdown");
     let (good, _) = good_bad_good(&bootstrap, 300, &fixture("poison_garbage.bin"), "acme").await;
     let p = producer(&bootstrap);
     produce(
@@ -266,12 +269,7 @@ async fn a_dlq_outage_keeps_dead_letters_in_the_spool_until_the_broker_returns()
 async fn sigkill_between_spool_and_dlq_ack_publishes_after_restart() {
     let db = TestDb::migrated().await;
     let (kafka, bootstrap) = cluster(1);
-    kafka.partition_leader(DLQ, 0, 3).expect("leader");
-    kafka.partition_leader(TOPIC, 0, 1).expect("leader");
-    kafka
-        .group_coordinator("g-kill-dlq", 1)
-        .expect("coordinator");
-    kafka.broker_down(3).expect("down");
+    dlq_broker_down(&kafka, "g-kill-dlq");
     let spool = tempfile::tempdir().expect("spool");
     let (good, _) = good_bad_good(&bootstrap, 400, &fixture("poison_garbage.bin"), "acme").await;
     let mut first = Instance::spawn_with_spool(
@@ -695,12 +693,7 @@ async fn postgres_down_during_a_stream_sends_nothing_to_the_dlq() {
 async fn a_full_spool_pauses_consumption_and_readiness_until_it_drains() {
     let db = TestDb::migrated().await;
     let (kafka, bootstrap) = cluster(1);
-    kafka.partition_leader(DLQ, 0, 3).expect("leader");
-    kafka.partition_leader(TOPIC, 0, 1).expect("leader");
-    kafka
-        .group_coordinator("g-spoolfull", 1)
-        .expect("coordinator");
-    kafka.broker_down(3).expect("down");
+    dlq_broker_down(&kafka, "g-spoolfull");
     let p = producer(&bootstrap);
     produce(&p, TOPIC, 0, Some("acme"), &fixture("poison_garbage.bin")).await;
     let mut gen = generator(900, 5);
