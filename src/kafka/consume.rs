@@ -193,6 +193,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_and_sasl_settings_are_understood() {
+        let c = consumer_config(
+            &args(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "spansink"),
+                ("sasl.password", "secret"),
+            ]),
+            "g",
+            64 << 20,
+            1 << 20,
+        );
+        let created = create(&c, crate::kafka::rebalance::Context::detached());
+        assert!(
+            created.is_ok(),
+            "{:?}",
+            created.err().map(|e| e.to_string())
+        );
+    }
+
+    #[tokio::test]
     async fn an_unknown_setting_fails_naming_it() {
         let c = consumer_config(&args(&[("no.such.setting", "1")]), "g", 64 << 20, 1 << 20);
         let pipeline = crate::kafka::rebalance::Context::detached();
