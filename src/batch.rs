@@ -67,10 +67,6 @@ impl Batch {
         self.messages.len()
     }
 
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     pub fn is_full(&self, limits: &BatchLimits) -> bool {
         self.messages.len() >= limits.max_messages || self.bytes >= limits.max_bytes
     }

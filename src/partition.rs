@@ -304,15 +304,7 @@ impl PartitionWorker {
             self.write_one_by_one(&batch.messages).await
         };
         // Returning at all means the process survived the batch, whatever its outcome.
-        let guard = self.pipeline.crash_guard.clone();
-        let key = (
-            self.pipeline.settings.group.clone(),
-            self.lease.topic.clone(),
-            self.lease.partition,
-        );
-        if let Err(e) = blocking(move || guard.end(&key.0, &key.1, key.2)).await {
-            tracing::warn!(error = %e, "cannot clear the batch's crash-guard record");
-        }
+        self.guard_end().await;
         if self.expected == Some(next_offset) {
             self.committed(&batch, next_offset);
         }
@@ -372,6 +364,21 @@ impl PartitionWorker {
                     backoff.wait(&self.stop).await.ok()?;
                 }
             }
+        }
+    }
+
+    /// The range is over (committed, dead-lettered, fenced or stopped): the
+    /// process survived it. Not retried: a lost end costs one crash counted
+    /// in excess, never a message.
+    async fn guard_end(&self) {
+        let guard = self.pipeline.crash_guard.clone();
+        let (group, topic, partition) = (
+            self.pipeline.settings.group.clone(),
+            self.lease.topic.clone(),
+            self.lease.partition,
+        );
+        if let Err(e) = blocking(move || guard.end(&group, &topic, partition)).await {
+            tracing::warn!(error = %e, "cannot clear the batch's crash-guard record");
         }
     }
 
@@ -679,7 +686,8 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn unix_millis(t: SystemTime) -> i64 {
+/// Milliseconds since the epoch, the unit of Kafka timestamps.
+pub fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)

@@ -106,12 +106,6 @@ impl Assignments {
         self.lock().keys().cloned().collect()
     }
 
-    pub fn owns(&self, lease: &Lease) -> bool {
-        self.lock()
-            .get(&(lease.topic.clone(), lease.partition))
-            .is_some_and(|o| o.epoch == lease.epoch)
-    }
-
     /// Commits `next_offset` to Kafka if `lease` still owns the partition.
     /// Failures are logged and counted, never retried: the next commit supersedes.
     pub fn commit(&self, consumer: &Consumer, lease: &Lease, next_offset: i64, mode: CommitMode) {

@@ -80,10 +80,7 @@ impl Lag {
 
     /// Sets the lag gauges of every tracked partition.
     pub fn publish(&self, now: SystemTime) {
-        let now_ms = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = crate::partition::unix_millis(now);
         let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         for ((topic, partition), p) in map.iter() {
             let (messages, seconds) = p.lag(now_ms);

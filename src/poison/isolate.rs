@@ -296,7 +296,7 @@ impl Attempts {
     pub fn once() -> Self {
         Attempts {
             count: 1,
-            first_failure_unix_ms: now_unix_ms(),
+            first_failure_unix_ms: crate::partition::unix_millis(SystemTime::now()),
         }
     }
 
@@ -351,11 +351,4 @@ pub fn dead_letter(
         instance: ctx.instance.to_string(),
         version: crate::VERSION.to_string(),
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
