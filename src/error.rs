@@ -172,6 +172,10 @@ pub enum Error {
     /// Shutdown was requested while the operation waited.
     #[error("shutting down")]
     Shutdown,
+
+    /// A broken invariant: a bug, never the message's fault nor the operator's.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -210,6 +214,7 @@ impl Error {
             // rather than lose or dead-letter anything.
             Error::Io { .. } => Class::Transient,
             Error::Shutdown => Class::Transient,
+            Error::Internal(_) => Class::Fatal,
         }
     }
 
@@ -253,6 +258,17 @@ impl Error {
     }
 }
 
+/// The text of a caught panic's payload.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
 fn pg_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
@@ -262,13 +278,12 @@ fn pg_detail(e: &tokio_postgres::Error) -> String {
 
 /// PostgreSQL raises 23514 both for a CHECK constraint and for a row that has no
 /// partition. The second is ours to fix (create the partition and retry), never
-/// the message's fault.
+/// the message's fault. They differ in the constraint name, which a CHECK
+/// violation carries and partition routing does not; the message text would
+/// be translated under another `lc_messages`.
 pub fn is_missing_partition(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        *db.code() == SqlState::CHECK_VIOLATION
-            && db.constraint().is_none()
-            && db.message().starts_with("no partition of relation")
-    })
+    e.as_db_error()
+        .is_some_and(|db| *db.code() == SqlState::CHECK_VIOLATION && db.constraint().is_none())
 }
 
 fn classify_pg(e: &tokio_postgres::Error) -> Class {

@@ -4,8 +4,10 @@
 //! `kafka::consume → decode → batch → pg::write (+ pg::offsets) → kafka::commit`.
 
 pub mod batch;
+pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod coordinator;
 pub mod decode;
 pub mod error;
 pub mod health;
@@ -15,13 +17,12 @@ pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod otlp;
-pub mod partition;
 pub mod pg;
-pub mod pipeline;
 pub mod poison;
 pub mod retry;
 pub mod shutdown;
 pub mod tenant;
+pub mod worker;
 
 /// The crate version, reported by `--version`, logs and the build-info metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             // 2 for a configuration the operator must fix; 1 for anything else.
             match e {
                 Error::Config { .. } => ExitCode::from(2),
+                Error::Internal(_) => ExitCode::FAILURE,
                 _ if e.class() == Class::Fatal => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }

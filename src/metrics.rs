@@ -27,6 +27,8 @@ pub const END_TO_END_LATENCY_SECONDS: &str = "spansink_end_to_end_latency_second
 pub const ASSIGNED_PARTITIONS: &str = "spansink_assigned_partitions";
 pub const PAUSED_PARTITIONS: &str = "spansink_paused_partitions";
 pub const STOPPED_PARTITIONS: &str = "spansink_stopped_partitions";
+pub const PARTITION_WORKERS: &str = "spansink_partition_workers";
+pub const PARTITION_WORKER_OVERLAPS: &str = "spansink_partition_worker_overlaps_total";
 pub const REBALANCES: &str = "spansink_rebalances_total";
 pub const OFFSET_FENCE_CONFLICTS: &str = "spansink_offset_fence_conflicts_total";
 pub const OFFSET_GAPS: &str = "spansink_offset_gaps_total";
@@ -44,6 +46,7 @@ pub const SANITIZED_VALUES: &str = "spansink_sanitized_values_total";
 pub const DEAD_LETTERS: &str = "spansink_dead_letters_total";
 pub const DLQ_PUBLISHED: &str = "spansink_dlq_published_total";
 pub const DLQ_PUBLISH_FAILURES: &str = "spansink_dlq_publish_failures_total";
+pub const DLQ_OVERSIZE: &str = "spansink_dlq_oversize_total";
 pub const SPOOL_ENTRIES: &str = "spansink_spool_entries";
 pub const SPOOL_BYTES: &str = "spansink_spool_bytes";
 pub const SPOOL_OLDEST_AGE_SECONDS: &str = "spansink_spool_oldest_entry_age_seconds";
@@ -220,6 +223,11 @@ fn describe() {
         Unit::Count,
         "DLQ publish attempts that failed and will be retried."
     );
+    describe_counter!(
+        DLQ_OVERSIZE,
+        Unit::Count,
+        "Dead letters the DLQ topic refused for their size: a marker was published instead and the record kept in the spool's oversize/ directory."
+    );
     describe_gauge!(
         SPOOL_ENTRIES,
         Unit::Count,
@@ -250,7 +258,7 @@ fn describe() {
         Unit::Count,
         "Torn or corrupt spool entries moved to the quarantine folder."
     );
-    describe_counter!(SPOOL_SUPERSEDED, Unit::Count, "Spool entries discarded at start because their PostgreSQL commit never happened; the message is consumed again.");
+    describe_counter!(SPOOL_SUPERSEDED, Unit::Count, "Spool entries discarded because the dead-letter ledger does not hold them for this spool: never committed (the message is consumed again), stored by another instance, or dead-lettered from another spool.");
     describe_counter!(CRASH_GUARD_RANGES, Unit::Count, "Batches processed one message at a time because the process died with their range in flight.");
     describe_gauge!(
         BREAKER_STATE,
@@ -261,6 +269,16 @@ fn describe() {
         BREAKER_TRIPS,
         Unit::Count,
         "Times the poison-rate circuit breaker opened, per topic."
+    );
+    describe_gauge!(
+        PARTITION_WORKERS,
+        Unit::Count,
+        "Live workers per assigned partition: never more than 1."
+    );
+    describe_counter!(
+        PARTITION_WORKER_OVERLAPS,
+        Unit::Count,
+        "Times a partition worker started while another one of the same partition was alive; always 0 unless there is a bug."
     );
     describe_gauge!(
         BUILD_INFO,
@@ -351,8 +369,10 @@ fn init_process() {
         PANICS,
         DLQ_PUBLISHED,
         DLQ_PUBLISH_FAILURES,
+        DLQ_OVERSIZE,
         SPOOL_QUARANTINED,
         SPOOL_SUPERSEDED,
+        PARTITION_WORKER_OVERLAPS,
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -1,11 +1,16 @@
-//! SIGTERM and SIGINT become one cancellation token.
+//! SIGTERM and SIGINT become one cancellation token, and a fatal error found
+//! anywhere stops the process through the same token.
 //!
 //! Cancellation stops fetching; workers then finish their in-flight batch,
 //! commit, and the consumer leaves its group. A second signal exits at once:
 //! nothing is lost by that, because no offset moves before its data is durable.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
 
 /// Installs the signal handlers and returns the token they cancel.
 pub fn install() -> std::io::Result<CancellationToken> {
@@ -31,4 +36,39 @@ pub fn install() -> std::io::Result<CancellationToken> {
         std::process::exit(130);
     });
     Ok(token)
+}
+
+/// Stops the process for a fatal error, keeping the first one for the exit.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    token: CancellationToken,
+    fatal: Arc<Mutex<Option<Error>>>,
+}
+
+impl Stopper {
+    pub fn new(token: CancellationToken) -> Self {
+        Stopper {
+            token,
+            fatal: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Records a fatal error and starts shutdown.
+    pub fn fail(&self, err: Error) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            tracing::error!(error = %err, "fatal: shutting down");
+            *fatal = Some(err);
+        }
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The fatal error, if one stopped the process.
+    pub fn take_fatal(&self) -> Option<Error> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }

@@ -76,7 +76,31 @@ fn letter(partition: i32, offset: i64) -> DeadLetter {
         first_failure_unix_ms: 1_700_000_005_007,
         instance: "test-1".into(),
         version: "0.1.0".into(),
+        spool_id: String::new(),
     }
+}
+
+/// The dead letter as this spool holds it, once a batch spooled it.
+fn spooled_letter(spool: &Spool, partition: i32, offset: i64) -> DeadLetter {
+    DeadLetter {
+        spool_id: spool.id().to_string(),
+        ..letter(partition, offset)
+    }
+}
+
+/// What a batch transaction records when it moves the offset past a dead letter.
+async fn record_in_ledger(db: &TestDb, spool_id: &str, partition: i32, offset: i64) {
+    let id = record::dead_letter_id(GROUP, SOURCE, partition, offset);
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", id, tenant_id,
+                                       stage, reason, error, instance, spool_id)
+             VALUES ($1, $2, $3, $4, $5, 'acme', 'write', 'pg_data_exception', 'e', 'test-1', $6)",
+            &[&GROUP, &SOURCE, &partition, &offset, &id, &spool_id],
+        )
+        .await
+        .expect("ledger row");
 }
 
 /// Every record of the single-partition `topic`, from the beginning.
@@ -243,7 +267,7 @@ async fn a_dead_letter_arrives_unchanged_with_every_header_and_reads_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_dead_letters_below_the_stored_offset_are_published() {
+async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
     let db = TestDb::migrated().await;
     let pool = spansink::pg::connect(&db.db_args()).await.expect("pool");
     let kafka = MockKafka::start(1).expect("mock kafka");
@@ -254,11 +278,15 @@ async fn only_dead_letters_below_the_stored_offset_are_published() {
         Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
     let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
 
+    // Partition 0 committed up to 7: offsets 3 and 7 as this spool's dead
+    // letters, 5 as another instance's, 6 as a good message. Offsets 8 and 12
+    // are not committed yet; partition 1 has nothing stored at all.
     set_stored_offset(&db, 0, 8).await;
-    // Partition 0 committed up to 7; offset 8 and 12 are not committed yet;
-    // partition 1 has nothing stored at all.
-    for (p, o) in [(0, 3), (0, 7), (0, 8), (0, 12), (1, 0)] {
-        spool.put(&letter(p, o)).unwrap();
+    record_in_ledger(&db, spool.id(), 0, 3).await;
+    record_in_ledger(&db, spool.id(), 0, 7).await;
+    record_in_ledger(&db, "another-spool", 0, 5).await;
+    for (p, o) in [(0, 3), (0, 5), (0, 6), (0, 7), (0, 8), (0, 12), (1, 0)] {
+        spool.put(&spooled_letter(&spool, p, o)).unwrap();
     }
     let id = |p, o| record::dead_letter_id(GROUP, SOURCE, p, o);
 
@@ -268,7 +296,9 @@ async fn only_dead_letters_below_the_stored_offset_are_published() {
         DrainReport {
             published: 2,
             pending: 3,
-            failed: 0
+            failed: 0,
+            discarded: 2,
+            oversize: 0,
         }
     );
     assert_eq!(ids(&read_dlq(&kafka).await), vec![id(0, 3), id(0, 7)]);
@@ -277,9 +307,10 @@ async fn only_dead_letters_below_the_stored_offset_are_published() {
         BTreeSet::from([id(0, 8), id(0, 12), id(1, 0)])
     );
 
-    // While running, entries above the stored offset wait for their commit.
+    // While running, entries not committed wait for their commit.
     let again = drainer.drain_once().await.unwrap();
     assert_eq!((again.published, again.pending), (0, 3));
+    record_in_ledger(&db, spool.id(), 0, 8).await;
     set_stored_offset(&db, 0, 9).await;
     let after_commit = drainer.drain_once().await.unwrap();
     assert_eq!((after_commit.published, after_commit.pending), (1, 2));
@@ -289,9 +320,50 @@ async fn only_dead_letters_below_the_stored_offset_are_published() {
     );
 
     // At start, they are superseded: their message will be consumed again.
-    assert_eq!(drainer.discard_superseded().await.unwrap(), 2);
+    assert_eq!(drainer.recover().await.unwrap(), 2);
     assert!(spooled(&spool).is_empty());
     assert_eq!(read_dlq(&kafka).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_publishes_what_the_previous_release_spooled_and_committed() {
+    let db = TestDb::migrated().await;
+    let pool = spansink::pg::connect(&db.db_args()).await.expect("pool");
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    kafka.create_topic(DLQ, 1).expect("topic");
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let publisher =
+        Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
+    let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
+    // Entries without a spool id, as the release before the ledger wrote them:
+    // offset 4 below the stored offset (committed), 9 above it (never committed).
+    set_stored_offset(&db, 0, 5).await;
+    spool.put(&letter(0, 4)).unwrap();
+    spool.put(&letter(0, 9)).unwrap();
+
+    assert_eq!(
+        drainer.recover().await.unwrap(),
+        1,
+        "only the uncommitted one goes"
+    );
+    let report = drainer.drain_once().await.unwrap();
+    assert_eq!((report.published, report.discarded), (1, 0));
+    assert_eq!(
+        ids(&read_dlq(&kafka).await),
+        vec![record::dead_letter_id(GROUP, SOURCE, 0, 4)]
+    );
+    let ledger: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM dead_letters WHERE \"offset\" = 4 AND spool_id = $1",
+            &[&spool.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledger, 1, "recorded in the ledger as this spool's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,14 +378,20 @@ async fn the_running_drainer_wakes_on_a_poke_and_drains_once_more_on_stop() {
         Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
     let drainer = Arc::new(Drainer::new(Arc::clone(&spool), publisher, pool));
     set_stored_offset(&db, 0, 100).await;
+    record_in_ledger(&db, spool.id(), 0, 1).await;
+    record_in_ledger(&db, spool.id(), 0, 2).await;
 
     let wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
-    let running = tokio::spawn(Arc::clone(&drainer).run(Arc::clone(&wake), stop.clone()));
+    let running = tokio::spawn(Arc::clone(&drainer).run(
+        Arc::clone(&wake),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
     // Let the first (empty) pass finish: the drainer now waits for up to 5 s.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    spool.put(&letter(0, 1)).unwrap();
+    spool.put(&spooled_letter(&spool, 0, 1)).unwrap();
     let poked = Instant::now();
     wake.notify_one();
     common::spansink::wait_for("the poked pass", Duration::from_secs(10), || async {
@@ -326,7 +404,7 @@ async fn the_running_drainer_wakes_on_a_poke_and_drains_once_more_on_stop() {
         poked.elapsed()
     );
 
-    spool.put(&letter(0, 2)).unwrap();
+    spool.put(&spooled_letter(&spool, 0, 2)).unwrap();
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), running)
         .await
@@ -357,13 +435,13 @@ async fn a_dlq_outage_keeps_every_dead_letter_and_publishes_each_once_after() {
     let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
 
     set_stored_offset(&db, 0, 10).await;
-    let expected: BTreeSet<String> = (0..3)
-        .map(|o| {
-            let d = letter(0, o);
-            spool.put(&d).unwrap();
-            d.id
-        })
-        .collect();
+    let mut expected = BTreeSet::new();
+    for o in 0..3 {
+        record_in_ledger(&db, spool.id(), 0, o).await;
+        let d = spooled_letter(&spool, 0, o);
+        spool.put(&d).unwrap();
+        expected.insert(d.id);
+    }
 
     let report = drainer.drain_once().await.unwrap();
     assert_eq!(
@@ -371,7 +449,9 @@ async fn a_dlq_outage_keeps_every_dead_letter_and_publishes_each_once_after() {
         DrainReport {
             published: 0,
             pending: 0,
-            failed: 3
+            failed: 3,
+            discarded: 0,
+            oversize: 0,
         }
     );
     assert_eq!(spooled(&spool), expected);

@@ -374,6 +374,39 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, instance: a}
 
+  # An oversize dead letter fires; an instance without one does not.
+  - interval: 1m
+    input_series:
+      - series: 'spansink_dlq_oversize_total{instance="a",job="spansink"}'
+        values: '0 0 1x20'
+      - series: 'spansink_dlq_oversize_total{instance="b",job="spansink"}'
+        values: '0x20'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: SpansinkDeadLetterOversize
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: a}
+
+  # Two live workers of one partition fire, and so does a recorded overlap;
+  # one worker per partition does not.
+  - interval: 1m
+    input_series:
+      - series: 'spansink_partition_workers{instance="a",job="spansink",topic="t",partition="0"}'
+        values: '1 2 1x10'
+      - series: 'spansink_partition_workers{instance="b",job="spansink",topic="t",partition="1"}'
+        values: '1x10'
+      - series: 'spansink_partition_worker_overlaps_total{instance="c",job="spansink"}'
+        values: '0 0 1x10'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: SpansinkPartitionWorkerOverlap
+        exp_alerts:
+          - exp_labels: {severity: critical, instance: a, topic: t, partition: "0"}
+      - eval_time: 5m
+        alertname: SpansinkPartitionWorkerOverlap
+        exp_alerts:
+          - exp_labels: {severity: critical, instance: c}
+
   # Open (2) fires; half-open (1) does not.
   - interval: 1m
     input_series:
@@ -630,7 +663,7 @@ fn workload() -> &'static Workload {
                 .expect("runtime")
                 .block_on(run_workload())
         }))
-        .map_err(|panic| spansink::partition::panic_message(&panic))
+        .map_err(|panic| spansink::error::panic_message(&panic))
     });
     match result {
         Ok(w) => w,

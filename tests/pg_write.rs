@@ -11,6 +11,8 @@ use futures::FutureExt;
 use serde_json::{json, Value};
 use spansink::error::{Class, Reason};
 use spansink::model::{DecodedTraces, SpanEventRow, SpanRow};
+use spansink::pg::pool::Canceller;
+use spansink::pg::write::Recorder;
 use spansink::pg::{
     self, offsets, AfterFailure, PartitionKey, Partitions, Pool, WriteBatch, WriteOutcome,
     WriteStats, Writer,
@@ -100,6 +102,11 @@ fn batch<'a>(
         expected,
         next_offset,
         messages,
+        dead_letters: &[],
+        recorder: Recorder {
+            instance: "test",
+            spool_id: "test-spool",
+        },
     }
 }
 
@@ -130,7 +137,12 @@ impl Fixture {
         sql.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
         let pool = pg::connect(&db.db_args()).await.unwrap();
         let partitions = Arc::new(Partitions::new());
-        let writer = Writer::new(pool.clone(), partitions.clone(), fault.map(String::from));
+        let writer = Writer::new(
+            pool.clone(),
+            partitions.clone(),
+            Canceller,
+            fault.map(String::from),
+        );
         Fixture {
             pool,
             writer,
@@ -161,14 +173,17 @@ async fn migrations_run_once_when_started_concurrently() {
     let (ra, rb) = tokio::join!(pg::migrate(&mut a), pg::migrate(&mut b));
     let (mut ra, rb) = (ra.unwrap(), rb.unwrap());
     ra.extend(rb);
-    assert_eq!(ra, [1], "exactly one migrator applies version 1");
+    ra.sort_unstable();
+    assert_eq!(ra, [1, 2], "exactly one migrator applies each version");
     let rows = a
-        .query("SELECT version, name FROM schema_migrations", &[])
+        .query(
+            "SELECT version, name FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i32>(0), 1);
-    assert_eq!(rows[0].get::<_, &str>(1), "init");
+    let applied: Vec<(i32, &str)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(applied, [(1, "init"), (2, "dead_letter_ledger")]);
     assert!(pg::migrate(&mut a).await.unwrap().is_empty());
 }
 
@@ -467,7 +482,7 @@ async fn the_offset_fences_concurrent_and_stale_writers() {
     committed(f.writer.write(&batch(0, None, 10, &[&base])).await.unwrap());
 
     // Two workers believe they own partition 0 at offset 10.
-    let other = Writer::new(f.pool.clone(), f.partitions.clone(), None);
+    let other = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller, None);
     let a = message(vec![span("acme", 2, 1, None, T0)], vec![]);
     let b = message(vec![span("acme", 3, 1, None, T0)], vec![]);
     let (ma, mb) = ([&a], [&b]);
@@ -584,7 +599,7 @@ async fn a_panic_before_commit_rolls_the_batch_back() {
     }
     drop(held);
     pg::ping(&f.pool).await.unwrap();
-    let healthy = Writer::new(f.pool.clone(), f.partitions.clone(), None);
+    let healthy = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller, None);
     let stats = committed(healthy.write(&batch(0, None, 10, &[&m])).await.unwrap());
     assert_eq!(stats.spans_inserted, 2);
     assert_eq!(f.stored_offset(0).await, Some(10));
@@ -789,7 +804,7 @@ async fn connections_opened_before_migration_stage_lazily() {
     let db = TestDb::create().await;
     let pool = pg::connect(&db.db_args()).await.unwrap();
     pg::ping(&pool).await.unwrap();
-    let writer = Writer::new(pool.clone(), Arc::new(Partitions::new()), None);
+    let writer = Writer::new(pool.clone(), Arc::new(Partitions::new()), Canceller, None);
     let m = message(vec![span("acme", 1, 1, None, T0)], vec![]);
 
     // Not migrated: no retry can help.
@@ -797,7 +812,7 @@ async fn connections_opened_before_migration_stage_lazily() {
     assert_eq!(err.class(), Class::Fatal, "{err}");
 
     let mut sql = db.client().await;
-    assert_eq!(pg::migrate(&mut sql).await.unwrap(), [1]);
+    assert_eq!(pg::migrate(&mut sql).await.unwrap(), [1, 2]);
     // The pool's connection predates the schema and has no staging tables yet.
     let stats = committed(writer.write(&batch(0, None, 10, &[&m])).await.unwrap());
     assert_eq!(stats.spans_inserted, 1);

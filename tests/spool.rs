@@ -1,4 +1,4 @@
-//! The poison spool and the crash guard against a real filesystem.
+//! The poison spool against a real filesystem.
 
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
@@ -9,7 +9,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use spansink::cmd::spool::{format_list, format_show};
 use spansink::error::{Class, Error};
 use spansink::otlp::spansink::v1::{DeadLetter, Header};
-use spansink::poison::crashguard::CrashGuard;
 use spansink::poison::record::dead_letter_id;
 use spansink::poison::spool::{self, PutOutcome, Spool, SpoolConfig};
 
@@ -45,6 +44,7 @@ fn letter(offset: i64) -> DeadLetter {
         first_failure_unix_ms: 1_700_000_001_000,
         instance: "host-1".into(),
         version: "0.1.0".into(),
+        spool_id: String::new(),
     }
 }
 
@@ -54,6 +54,17 @@ fn config(dir: &Path) -> SpoolConfig {
         max_entries: 1000,
         max_bytes: 1 << 30,
     }
+}
+
+/// What the spool keeps besides entries: its lock, its id, and the folders
+/// for damaged and oversize entries.
+const SPOOL_OWN: [&str; 4] = [".lock", "oversize", "quarantine", "spool.id"];
+
+fn with_own(entries: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = entries.to_vec();
+    all.extend(SPOOL_OWN.iter().map(|s| s.to_string()));
+    all.sort();
+    all
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
@@ -109,10 +120,7 @@ fn put_list_read_remove_round_trip() {
     assert_eq!(spool.put(&again).unwrap(), PutOutcome::AlreadyPresent);
     assert_eq!(spool.list().unwrap().len(), 1);
     assert_eq!(spool.read(&d.id).unwrap().attempts, 1);
-    assert_eq!(
-        file_names(dir.path()),
-        vec![format!("{}.dl", d.id), "quarantine".into()]
-    );
+    assert_eq!(file_names(dir.path()), with_own(&[format!("{}.dl", d.id)]));
 
     spool.remove(&d.id).unwrap();
     assert!(spool.list().unwrap().is_empty());
@@ -132,10 +140,7 @@ fn an_entry_is_complete_on_disk_once_put_returns() {
     let d = letter(7);
     spool.put(&d).unwrap();
 
-    assert_eq!(
-        file_names(dir.path()),
-        vec![format!("{}.dl", d.id), "quarantine".into()]
-    );
+    assert_eq!(file_names(dir.path()), with_own(&[format!("{}.dl", d.id)]));
     let on_disk = fs::read(entry_path(dir.path(), &d)).unwrap();
     assert_eq!(on_disk, spool::encode(&d).unwrap());
     assert_eq!(spool::decode(&on_disk).unwrap(), d);
@@ -354,7 +359,11 @@ fn concurrent_puts_of_one_poison_leave_one_entry() {
         spool.stats().bytes,
         fs::metadata(entry_path(dir.path(), &d)).unwrap().len()
     );
-    assert_eq!(file_names(dir.path()).len(), 2, "no temporary file left");
+    assert_eq!(
+        file_names(dir.path()),
+        with_own(&[format!("{}.dl", d.id)]),
+        "no temporary file left"
+    );
     assert_eq!(spool.read(&d.id).unwrap(), d);
 }
 
@@ -434,109 +443,4 @@ fn list_and_show_print_every_field() {
         assert!(show.contains(part), "{show} lacks {part:?}");
     }
     assert!(format_show(&spool, &bad.id).is_err());
-}
-
-#[test]
-fn crash_guard_normal_path_counts_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    assert_eq!(guard.threshold(), 3);
-    for first in [0, 100, 200] {
-        assert_eq!(guard.begin(GROUP, TOPIC, 0, first, first + 99).unwrap(), 0);
-        guard.end(GROUP, TOPIC, 0).unwrap();
-    }
-    drop(guard);
-    // A clean end leaves nothing that a restart counts as a crash.
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    assert_eq!(guard.begin(GROUP, TOPIC, 0, 300, 399).unwrap(), 0);
-    // A retry of the same range by the same process is no crash either.
-    assert_eq!(guard.begin(GROUP, TOPIC, 0, 300, 399).unwrap(), 0);
-    assert!(CrashGuard::open(dir.path(), 0).is_err());
-}
-
-#[test]
-fn crash_guard_counts_deaths_on_overlapping_ranges() {
-    let dir = tempfile::tempdir().unwrap();
-    let begin_after_crash = |first, last| {
-        // Each open is a new process; the previous one died without `end`.
-        let guard = CrashGuard::open(dir.path(), 3).unwrap();
-        guard.begin(GROUP, TOPIC, 4, first, last).unwrap()
-    };
-    assert_eq!(begin_after_crash(10, 20), 0);
-    assert_eq!(begin_after_crash(10, 20), 1);
-    assert_eq!(begin_after_crash(15, 30), 2);
-    // Other partitions are not affected.
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    assert_eq!(guard.begin(GROUP, TOPIC, 5, 10, 20).unwrap(), 0);
-    assert_eq!(guard.begin(GROUP, "otlp_logs", 4, 10, 20).unwrap(), 0);
-    drop(guard);
-    // The partition moved on: the count starts over.
-    assert_eq!(begin_after_crash(31, 40), 0);
-    assert_eq!(begin_after_crash(31, 40), 1);
-}
-
-#[test]
-fn crash_guard_convicts_a_single_message_that_crashed_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let threshold = 2;
-    let mut batch = 0;
-    for _ in 0..threshold {
-        let guard = CrashGuard::open(dir.path(), threshold).unwrap();
-        batch = guard.begin(GROUP, TOPIC, 0, 0, 9).unwrap();
-    }
-    assert_eq!(batch, 1);
-    let guard = CrashGuard::open(dir.path(), threshold).unwrap();
-    assert_eq!(guard.begin(GROUP, TOPIC, 0, 0, 9).unwrap(), threshold);
-    // Isolating: offsets 0..2 are fine, 3 kills the process.
-    for offset in 0..3 {
-        assert_eq!(guard.begin(GROUP, TOPIC, 0, offset, offset).unwrap(), 0);
-        guard.end(GROUP, TOPIC, 0).unwrap();
-    }
-    let mut count = guard.begin(GROUP, TOPIC, 0, 3, 3).unwrap();
-    assert_eq!(count, 0);
-    drop(guard);
-    for expected in 1..=threshold {
-        let guard = CrashGuard::open(dir.path(), threshold).unwrap();
-        guard.begin(GROUP, TOPIC, 0, 3, 9).unwrap();
-        count = guard.begin(GROUP, TOPIC, 0, 3, 3).unwrap();
-        assert_eq!(count, expected);
-    }
-    assert!(count >= threshold, "offset 3 is dead-lettered");
-}
-
-#[test]
-fn a_torn_crash_guard_record_reads_as_no_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    guard.begin(GROUP, TOPIC, 0, 0, 9).unwrap();
-    drop(guard);
-    let inflight = dir.path().join("inflight");
-    let names = file_names(&inflight);
-    assert_eq!(names.len(), 1, "one small file per partition");
-    let record = inflight.join(&names[0]);
-    let len = fs::metadata(&record).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&record)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    assert_eq!(guard.begin(GROUP, TOPIC, 0, 0, 9).unwrap(), 0);
-    drop(guard);
-    // The record is whole again and counts the next crash.
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    assert_eq!(guard.begin(GROUP, TOPIC, 0, 0, 9).unwrap(), 1);
-}
-
-#[test]
-fn the_crash_guard_lives_beside_the_spool_without_disturbing_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let guard = CrashGuard::open(dir.path(), 3).unwrap();
-    guard.begin(GROUP, TOPIC, 0, 0, 9).unwrap();
-    let spool = Spool::open(config(dir.path())).unwrap();
-    assert!(spool.list().unwrap().is_empty());
-    assert_eq!(spool.quarantined().unwrap(), 0);
-    assert_eq!(file_names(&dir.path().join("inflight")).len(), 1);
 }

@@ -350,7 +350,7 @@ pub async fn produce(
         settle_ready(&mut in_flight)?;
         if in_flight.len() >= MAX_IN_FLIGHT {
             settle_one(&mut in_flight).await?;
-        } else if report.messages % 64 == 0 {
+        } else if report.messages.is_multiple_of(64) {
             // Without a rate, nothing above waits: let the runtime's other tasks run.
             tokio::task::yield_now().await;
         }

@@ -124,8 +124,14 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport> {
         }
     };
     let pool = crate::pg::pool::connect(&args.db).await?;
-    let writer = Writer::new(pool, Arc::new(Partitions::new()), None);
-    replay(args, &writer, letters).await
+    let writer = Writer::new(
+        pool.clone(),
+        Arc::new(Partitions::new()),
+        crate::pg::pool::Canceller,
+        None,
+    );
+    let report = replay(args, &writer, letters).await?;
+    Ok(report)
 }
 
 /// Filters, decodes and writes the dead letters; the report says what became of each.

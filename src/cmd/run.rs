@@ -1,31 +1,39 @@
-//! `spansink run`: the production consumer.
+//! `spansink run`: the production consumer, assembled from its parts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::Consumer as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchLimits;
 use crate::config::RunArgs;
-use crate::error::{Class, Result};
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::error::{Class, Error, Result};
 use crate::health::Health;
-use crate::partition::WorkerSettings;
+use crate::kafka::consume;
+use crate::kafka::lag::Lag;
+use crate::kafka::rebalance::Context;
 use crate::pg;
 use crate::pg::partitions::Partitions;
 use crate::pg::write::Writer;
-use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::poison::breaker::{BreakerConfig, Breakers};
 use crate::poison::crashguard::CrashGuard;
 use crate::poison::dlq::{DlqConfig, DlqPublisher};
 use crate::poison::drain::Drainer;
 use crate::poison::spool::{Spool, SpoolConfig};
 use crate::retry::Backoff;
+use crate::shutdown::Stopper;
+use crate::worker::{Budget, LiveWorkers, Shared, WorkerSettings};
 
 /// How often the days ahead are made sure to have partitions.
 const PARTITION_MAINTENANCE: Duration = Duration::from_secs(3600);
+/// The drainer's last pass at shutdown: long enough for a healthy broker, short
+/// enough not to hold up the exit when it is down (the entries stay spooled).
+const FINAL_DRAIN_PASS: Duration = Duration::from_secs(5);
 
 pub async fn run(
     args: &RunArgs,
@@ -33,10 +41,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     args.validate()?;
+    let stopper = Stopper::new(shutdown.clone());
     let pool = pg::pool::connect(&args.db).await?;
     let health = Arc::new(Health::new());
     let poison = &args.poison;
-    // Opening the spool reads every entry back and quarantines torn ones.
+    // Opening the spool locks its directory and reads every entry back,
+    // quarantining torn ones.
     let spool = Arc::new(Spool::open(SpoolConfig {
         dir: poison.spool_dir.clone(),
         max_entries: poison.spool_max_entries,
@@ -44,13 +54,15 @@ pub async fn run(
     })?);
     // One per process: it tells its own retries from a dead process's leftovers.
     let crash_guard = Arc::new(CrashGuard::open(&poison.spool_dir, poison.crash_threshold)?);
+    tokio::spawn(record_stopping(crash_guard.clone(), shutdown.clone()));
     let breakers = Arc::new(Breakers::new(BreakerConfig {
         threshold: poison.breaker_threshold,
         window: poison.breaker_window,
         min_messages: poison.breaker_min_messages,
         cooldown: poison.breaker_cooldown,
     }));
-    // The listener outlives the pipeline's drain, so that probes keep answering.
+    let lag = Arc::new(Lag::default());
+    // The listener outlives the drain, so that probes keep answering.
     let listener_stop = CancellationToken::new();
     crate::http::serve(
         args.metrics_addr,
@@ -61,6 +73,13 @@ pub async fn run(
         listener_stop.clone(),
     )
     .await?;
+    tokio::spawn(tick(
+        health.clone(),
+        spool.clone(),
+        breakers.clone(),
+        lag.clone(),
+        listener_stop.clone(),
+    ));
 
     if !args.no_migrate {
         let ahead = args.db.partitions_ahead_days;
@@ -69,8 +88,6 @@ pub async fn run(
         })
         .await?;
     }
-    // Entries whose PostgreSQL commit never happened are superseded: their
-    // messages will be consumed, and dead-lettered, again.
     let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
         topic: poison.dlq_topic.clone(),
         brokers: args.kafka.brokers.clone(),
@@ -79,13 +96,19 @@ pub async fn run(
         message_timeout: poison.dlq_message_timeout,
     })?);
     let drainer = Arc::new(Drainer::new(spool.clone(), publisher, pool.clone()));
+    // Before consuming, no batch of this spool is in flight: what the ledger
+    // does not hold for it will never be published from here.
     retry_transient("spool check", &args.ingest, &shutdown, || async {
-        drainer.discard_superseded().await.map(|_| ())
+        drainer.recover().await.map(|_| ())
     })
     .await?;
     let dlq_wake = Arc::new(Notify::new());
     let drainer_stop = CancellationToken::new();
-    let drainer_task = tokio::spawn(drainer.clone().run(dlq_wake.clone(), drainer_stop.clone()));
+    let drainer_task = tokio::spawn(drainer.clone().run(
+        dlq_wake.clone(),
+        drainer_stop.clone(),
+        FINAL_DRAIN_PASS,
+    ));
 
     let partitions = Arc::new(Partitions::new());
     tokio::spawn(maintain_partitions(
@@ -98,51 +121,163 @@ pub async fn run(
     let writer = Arc::new(Writer::new(
         pool.clone(),
         partitions,
+        pg::pool::Canceller,
         args.fault_panic_span_name.clone(),
     ));
     let ingest = &args.ingest;
-    let settings = WorkerSettings {
-        group: ingest.group_id.clone(),
-        tenant_header: ingest.tenant_header.clone(),
-        default_tenant: ingest.default_tenant.clone(),
-        limits: ingest.limits(),
-        batch: BatchLimits {
-            max_messages: ingest.batch_max_messages,
-            max_bytes: ingest.batch_max_bytes,
-            linger: ingest.batch_linger,
+    let shared = Arc::new(Shared {
+        settings: WorkerSettings {
+            group: ingest.group_id.clone(),
+            tenant_header: ingest.tenant_header.clone(),
+            default_tenant: ingest.default_tenant.clone(),
+            limits: ingest.limits(),
+            batch: BatchLimits {
+                max_messages: ingest.batch_max_messages,
+                max_bytes: ingest.batch_max_bytes,
+                linger: ingest.batch_linger,
+            },
+            retry_initial: ingest.retry_initial,
+            retry_max: ingest.retry_max,
+            fault_abort_marker: args.fault_abort_marker.clone(),
         },
-        retry_initial: ingest.retry_initial,
-        retry_max: ingest.retry_max,
-        fault_abort_marker: args.fault_abort_marker.clone(),
-    };
+        writer,
+        spool,
+        crash_guard,
+        breakers,
+        budget: Budget::new(ingest.max_inflight_bytes / 2),
+        lag: lag.clone(),
+        health: health.clone(),
+        instance: args.instance_id.clone(),
+        dlq_wake,
+        stopper: stopper.clone(),
+        live: LiveWorkers::default(),
+    });
     let topics: HashMap<String, _> = ingest
         .traces_topics
         .iter()
         .map(|t| (t.name.clone(), t.encoding))
         .collect();
-    let pipeline = Pipeline::new(PipelineConfig {
-        settings,
-        topics,
-        pool,
-        writer,
-        inflight_budget_bytes: ingest.max_inflight_bytes / 2,
-        health,
-        shutdown: shutdown.clone(),
-        drain_timeout: args.drain_timeout,
-        spool,
-        crash_guard,
-        breakers,
-        instance: args.instance_id.clone(),
-        dlq_wake,
-    });
-    let result = pipeline.run(&args.kafka, &ingest.group_id).await;
-    // Whatever the pipeline committed last may still be published.
+
+    let consumed = consume_until_stopped(args, &stopper, shared, pool, topics, health, lag).await;
+    // Whatever was committed last may still be published.
     drainer_stop.cancel();
     if drainer_task.await.is_err() {
         tracing::warn!("the DLQ drainer panicked");
     }
     listener_stop.cancel();
-    result
+    consumed?;
+    match stopper.take_fatal() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The consumer, its poll thread and the coordinator, until shutdown; then
+/// every worker drains and the consumer leaves its group.
+async fn consume_until_stopped(
+    args: &RunArgs,
+    stopper: &Stopper,
+    shared: Arc<Shared>,
+    pool: deadpool_postgres::Pool,
+    topics: HashMap<String, crate::config::Encoding>,
+    health: Arc<Health>,
+    lag: Arc<Lag>,
+) -> Result<()> {
+    let ingest = &args.ingest;
+    let prefetch = ingest.max_inflight_bytes / 2;
+    let config = consume::consumer_config(
+        &args.kafka,
+        &ingest.group_id,
+        prefetch,
+        ingest.batch_max_bytes,
+    );
+    let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = consume::create(&config, Context::new(events, lag, stopper.clone()))?;
+    let names: Vec<String> = topics.keys().cloned().collect();
+    let waited = consume::wait_for_topics(
+        &consumer,
+        &names,
+        |missing| health.set_topics_missing(missing),
+        stopper.token(),
+    )
+    .await;
+    match waited {
+        Ok(()) => {}
+        Err(Error::Shutdown) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    for topic in &names {
+        crate::metrics::init_topic(topic);
+    }
+    let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&subscribed)
+        .map_err(|e| Error::config("--traces-topic", e.to_string()))?;
+    tracing::info!(topics = ?names, group = %ingest.group_id, "subscribed");
+
+    let poller = consume::spawn_poller(consumer.clone(), stopper.clone())
+        .map_err(|e| Error::io("starting the Kafka poll thread", e))?;
+    Coordinator::new(CoordinatorConfig {
+        consumer: consumer.clone(),
+        events: inbox,
+        shared,
+        pool,
+        topics,
+        drain_timeout: args.drain_timeout,
+        health,
+        stopper: stopper.clone(),
+    })
+    .run()
+    .await;
+    // Every worker has ended. Closing blocks while librdkafka leaves the group,
+    // and runs a last revocation through the (now gone) coordinator: off the
+    // async workers, after the poll thread has let go.
+    let closed = tokio::task::spawn_blocking(move || {
+        if poller.join().is_err() {
+            tracing::error!("the Kafka poll thread panicked");
+        }
+        drop(consumer);
+    })
+    .await;
+    if closed.is_err() {
+        tracing::warn!("consumer close panicked");
+    }
+    tracing::info!("consumer closed");
+    Ok(())
+}
+
+/// Once SIGTERM (or a fatal error) starts shutdown, the crash guard records
+/// it: a kill after that is the orchestrator's, not a message's.
+async fn record_stopping(crash_guard: Arc<CrashGuard>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    let recorded = tokio::task::spawn_blocking(move || crash_guard.stopping()).await;
+    if !matches!(recorded, Ok(Ok(()))) {
+        tracing::warn!("cannot record the shutdown with the crash guard");
+    }
+}
+
+/// Once a second: liveness, readiness inputs, and gauges that must stay
+/// truthful while nothing moves. Its own task, so that liveness never waits
+/// on PostgreSQL or the broker.
+async fn tick(
+    health: Arc<Health>,
+    spool: Arc<Spool>,
+    breakers: Arc<Breakers>,
+    lag: Arc<Lag>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        health.heartbeat();
+        health.set_spool_full(spool.is_full());
+        health.set_breaker_open(!breakers.open_topics().is_empty());
+        spool.record_metrics();
+        lag.publish(std::time::SystemTime::now());
+    }
 }
 
 /// Runs `op` until it succeeds, backing off on transient failures.

@@ -1,17 +1,22 @@
 //! The consumer: its librdkafka configuration, derived from spansink's own
-//! settings and one memory budget, and the wait for topics that do not exist yet.
+//! settings and one memory budget; the thread that polls its main queue; and
+//! the wait for topics that do not exist yet.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message as _;
+use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaArgs, KafkaSetting};
-use crate::error::{Error, Result};
+use crate::error::{Class, Error, Result};
 use crate::kafka::rebalance::Context;
+use crate::shutdown::Stopper;
 
 pub type Consumer = StreamConsumer<Context>;
 
@@ -80,6 +85,61 @@ pub fn create(config: &ClientConfig, context: Context) -> Result<Arc<Consumer>> 
         .map_err(|e| Error::config("--kafka", e.to_string()))
 }
 
+/// Polls the consumer's main queue on a thread of its own until `stop`.
+///
+/// Messages flow through per-partition queues; the main queue serves
+/// rebalances, errors and statistics, and polling it keeps
+/// `max.poll.interval.ms` satisfied even while every partition is paused.
+/// The rebalance callback runs here and blocks while partition state changes
+/// hands ([`crate::kafka::rebalance`]): a dedicated thread, so that no runtime
+/// worker ever blocks. A fatal consumer error stops the process.
+pub fn spawn_poller(consumer: Arc<Consumer>, stopper: Stopper) -> std::io::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("kafka-poll".into())
+        .spawn(move || runtime.block_on(poll(&consumer, &stopper)))
+}
+
+async fn poll(consumer: &Consumer, stopper: &Stopper) {
+    let stop = stopper.token().clone();
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            received = consumer.recv() => received,
+        };
+        match received {
+            Ok(msg) => {
+                // Every assigned partition has its own queue; a message here means a
+                // partition was not split (an assignment during shutdown). Rewind
+                // it rather than drop it; this thread may block.
+                let (topic, partition, offset) =
+                    (msg.topic().to_string(), msg.partition(), msg.offset());
+                drop(msg);
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    "message on the main queue; rewinding the partition"
+                );
+                let _ = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(10),
+                );
+            }
+            Err(e) => {
+                let err = Error::Kafka(e);
+                if err.class() == Class::Fatal {
+                    stopper.fail(err);
+                } else {
+                    tracing::warn!(error = %err, "consumer error");
+                }
+            }
+        }
+    }
+}
+
 /// Waits until every topic exists, saying so in the log. A missing topic is not
 /// fatal: the instance stays unready and keeps looking.
 pub async fn wait_for_topics(
@@ -96,7 +156,7 @@ pub async fn wait_for_topics(
             return Ok(());
         }
         on_missing(true);
-        if attempt % 6 == 0 {
+        if attempt.is_multiple_of(6) {
             tracing::warn!(topics = ?missing, "waiting for topics to exist; not ready until they do");
         }
         attempt += 1;

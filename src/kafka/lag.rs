@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::kafka::commit::TopicPartition;
+use crate::kafka::rebalance::TopicPartition;
 use crate::metrics as m;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,7 +80,7 @@ impl Lag {
 
     /// Sets the lag gauges of every tracked partition.
     pub fn publish(&self, now: SystemTime) {
-        let now_ms = crate::partition::unix_millis(now);
+        let now_ms = crate::clock::unix_millis(now);
         let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         for ((topic, partition), p) in map.iter() {
             let (messages, seconds) = p.lag(now_ms);
@@ -98,13 +98,15 @@ impl Lag {
 
 impl PartitionLag {
     fn lag(&self, now_ms: i64) -> (Option<i64>, f64) {
-        let messages = self.end.map(|end| (end - self.next.unwrap_or(0)).max(0));
+        let messages = self
+            .end
+            .map(|end| end.saturating_sub(self.next.unwrap_or(0)).max(0));
         let behind = messages.is_some_and(|m| m > 0) || self.oldest_pending_ms.is_some();
         if !behind {
             return (messages, 0.0);
         }
         let since = self.oldest_pending_ms.or(self.last_committed_ms);
-        let seconds = since.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        let seconds = since.map_or(0.0, |t| crate::clock::age_seconds(now_ms, t));
         (messages, seconds)
     }
 }

@@ -1,11 +1,15 @@
-//! The consumer context: assignment with offsets read from PostgreSQL, and the
-//! revocation handshake.
+//! The consumer context: librdkafka's callbacks, turned into events for
+//! whoever owns partition state.
 //!
-//! librdkafka runs this callback inside the poll of the main consumer queue, on
-//! a tokio worker thread. The PostgreSQL reads and the wait for draining workers
-//! run under `block_in_place`, so the runtime moves its other tasks away instead
-//! of stalling them.
+//! librdkafka runs the rebalance callback inside the poll of the consumer's
+//! main queue, which spansink drives on a thread of its own
+//! ([`crate::kafka::consume::spawn_poller`]). The callback only sends an event
+//! and waits for the answer: on assignment, the offsets each partition starts
+//! at (read from PostgreSQL once the partition's previous worker has ended);
+//! on revocation, word that the partitions' workers have ended. It blocks that
+//! thread, never a runtime worker, and this module knows nothing of workers.
 
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
@@ -13,53 +17,116 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{Class, Error};
-use crate::pipeline::Pipeline;
+use crate::kafka::lag::Lag;
+use crate::metrics as m;
+use crate::shutdown::Stopper;
+
+pub type TopicPartition = (String, i32);
+
+/// What the rebalance callback asks of the owner of partition state.
+#[derive(Debug)]
+pub enum RebalanceEvent {
+    /// These partitions are being assigned. Reply with each one's start
+    /// offset, in order (`None`: from the beginning), once it is safe to
+    /// consume them. No reply (the sender dropped) assigns nothing known.
+    Assign {
+        partitions: Vec<TopicPartition>,
+        reply: SyncSender<Vec<Option<i64>>>,
+    },
+    /// These partitions are being revoked; `lost` when the group already gave
+    /// them to another member (nothing may be committed for them). Drop
+    /// `done` once their workers have ended.
+    Revoke {
+        partitions: Vec<TopicPartition>,
+        lost: bool,
+        done: SyncSender<()>,
+    },
+}
 
 pub struct Context {
-    pipeline: Option<Arc<Pipeline>>,
+    events: Option<UnboundedSender<RebalanceEvent>>,
+    lag: Option<Arc<Lag>>,
+    stopper: Option<Stopper>,
 }
 
 impl Context {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+    pub fn new(events: UnboundedSender<RebalanceEvent>, lag: Arc<Lag>, stopper: Stopper) -> Self {
         Context {
-            pipeline: Some(pipeline),
+            events: Some(events),
+            lag: Some(lag),
+            stopper: Some(stopper),
         }
     }
 
-    /// A context with no pipeline behind it, for clients that never join a group.
+    /// A context for clients that never join a group.
     pub fn detached() -> Self {
-        Context { pipeline: None }
+        Context {
+            events: None,
+            lag: None,
+            stopper: None,
+        }
     }
+
+    /// Sends the assignment and waits for the start offsets.
+    fn assign(&self, tpl: &mut TopicPartitionList) {
+        let partitions = partitions_of(tpl);
+        let (reply, answer) = sync_channel(1);
+        let Some(events) = &self.events else { return };
+        if events
+            .send(RebalanceEvent::Assign {
+                partitions: partitions.clone(),
+                reply,
+            })
+            .is_err()
+        {
+            return; // shutting down: nothing will be consumed
+        }
+        let Ok(offsets) = answer.recv() else { return };
+        for ((topic, partition), offset) in partitions.iter().zip(offsets) {
+            let start = offset.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(topic, *partition, start) {
+                tracing::error!(error = %e, topic, partition, "cannot set start offset");
+            }
+        }
+    }
+
+    /// Sends the revocation and waits until the partitions' workers have ended.
+    fn revoke(&self, tpl: &TopicPartitionList, lost: bool) {
+        let (done, ended) = sync_channel(1);
+        let Some(events) = &self.events else { return };
+        let revoke = RebalanceEvent::Revoke {
+            partitions: partitions_of(tpl),
+            lost,
+            done,
+        };
+        if events.send(revoke).is_ok() {
+            // Err: the owner dropped `done` or is gone; either way nothing runs.
+            let _ = ended.recv();
+        }
+    }
+
+    fn fail(&self, err: Error) {
+        if let Some(stopper) = &self.stopper {
+            stopper.fail(err);
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
-        self.record_statistics(&statistics);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        let err = Error::Kafka(error);
-        if err.class() == Class::Fatal {
-            tracing::error!(error = %err, reason, "fatal Kafka error");
-            if let Some(p) = &self.pipeline {
-                p.fail(err);
-            }
-        } else {
-            // Broker transport errors and the like: librdkafka reconnects by itself.
-            tracing::warn!(error = %err, reason, "Kafka client error");
-        }
-    }
-}
-
-impl Context {
-    fn record_statistics(&self, stats: &Statistics) {
-        let Some(pipeline) = &self.pipeline else {
-            return;
-        };
-        for (name, topic) in &stats.topics {
+        let Some(lag) = &self.lag else { return };
+        for (name, topic) in &statistics.topics {
             for (id, p) in &topic.partitions {
                 // The last stable offset is as far as a read_committed consumer can go.
                 let end = if p.ls_offset >= 0 {
@@ -68,9 +135,20 @@ impl Context {
                     p.hi_offset
                 };
                 if *id >= 0 && end >= 0 {
-                    pipeline.lag.set_end(name, *id, end);
+                    lag.set_end(name, *id, end);
                 }
             }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let err = Error::Kafka(error);
+        if err.class() == Class::Fatal {
+            tracing::error!(error = %err, reason, "fatal Kafka error");
+            self.fail(err);
+        } else {
+            // Broker transport errors and the like: librdkafka reconnects by itself.
+            tracing::warn!(error = %err, reason, "Kafka client error");
         }
     }
 }
@@ -82,21 +160,25 @@ impl ConsumerContext for Context {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let Some(pipeline) = &self.pipeline else {
+        if self.events.is_none() {
             return;
-        };
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                pipeline.on_assign(tpl);
+                metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+                self.assign(tpl);
                 if let Err(e) = base.incremental_assign(tpl) {
                     // librdkafka's default rebalance ignores this error; an assignment
                     // that did not take would leave partitions unconsumed without a word.
                     tracing::error!(error = %e, "incremental assign failed");
-                    pipeline.fail(Error::Kafka(e));
+                    self.fail(Error::Kafka(e));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                pipeline.on_revoke(tpl, base.assignment_lost());
+                let lost = base.assignment_lost();
+                let kind = if lost { "lost" } else { "revoke" };
+                metrics::counter!(m::REBALANCES, "kind" => kind).increment(1);
+                self.revoke(tpl, lost);
                 if let Err(e) = base.incremental_unassign(tpl) {
                     tracing::error!(error = %e, "incremental unassign failed");
                 }
@@ -105,7 +187,8 @@ impl ConsumerContext for Context {
                 // As librdkafka's default does: give the partitions up. Nothing of
                 // ours may commit for them any more.
                 tracing::error!(error = ?other, "rebalance error: releasing partitions");
-                pipeline.on_revoke(tpl, true);
+                metrics::counter!(m::REBALANCES, "kind" => "lost").increment(1);
+                self.revoke(tpl, true);
                 if let Err(e) = base.incremental_unassign(tpl) {
                     tracing::error!(error = %e, "incremental unassign failed");
                 }

@@ -16,11 +16,18 @@ struct Migration {
 }
 
 /// In version order; a released migration is never edited, only followed.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "dead_letter_ledger",
+        sql: include_str!("../../migrations/0002_dead_letter_ledger.sql"),
+    },
+];
 
 const LOCK: &str = include_str!("../../sql/migrate_lock.sql");
 const UNLOCK: &str = include_str!("../../sql/migrate_unlock.sql");

@@ -11,6 +11,7 @@ use crate::error::Result;
 
 const READ: &str = include_str!("../../sql/offsets_read.sql");
 const READ_ALL: &str = include_str!("../../sql/offsets_read_all.sql");
+const READ_SETTLED: &str = include_str!("../../sql/offsets_read_settled.sql");
 
 /// One Kafka partition of one consumer group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +25,20 @@ pub struct PartitionKey<'a> {
 pub async fn read(client: &impl GenericClient, key: &PartitionKey<'_>) -> Result<Option<i64>> {
     let row = client
         .query_opt(READ, &[&key.group, &key.topic, &key.partition])
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// The stored next offset once no transaction is moving it: waits for a writer
+/// that still holds the row (a batch of a previous owner whose client is gone
+/// but whose server transaction has not ended), so that its COMMIT cannot
+/// overtake the answer.
+pub async fn read_settled(
+    client: &impl GenericClient,
+    key: &PartitionKey<'_>,
+) -> Result<Option<i64>> {
+    let row = client
+        .query_opt(READ_SETTLED, &[&key.group, &key.topic, &key.partition])
         .await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }

@@ -3,7 +3,7 @@
 use deadpool_postgres::{
     ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
 };
-use tokio_postgres::NoTls;
+use tokio_postgres::{CancelToken, NoTls};
 
 use crate::config::DbArgs;
 use crate::error::{Error, Result};
@@ -21,6 +21,26 @@ const APPLICATION_NAME: &str = "spansink";
 /// of the first query, retried like any other, rather than an exit.
 pub async fn connect(db: &DbArgs) -> Result<Pool> {
     build(db)
+}
+
+/// Cancels the statement a connection's server session is running, the way
+/// the pool connects (a separate connection to the server, as PostgreSQL's
+/// cancel protocol works).
+#[derive(Debug, Clone, Default)]
+pub struct Canceller;
+
+impl Canceller {
+    /// Fire and forget: a cancel that fails (the server session already
+    /// ended, say) leaves nothing to do.
+    pub fn cancel(&self, token: CancelToken) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(NoTls).await {
+                    tracing::debug!(error = %e, "cancel request failed");
+                }
+            });
+        }
+    }
 }
 
 /// Publishes the pool's state as gauges; called when metrics are scraped.

@@ -23,11 +23,32 @@ use crate::pg::{copy, pool};
 
 const OFFSETS_ADVANCE: &str = include_str!("../../sql/offsets_advance.sql");
 const OFFSETS_CLAIM: &str = include_str!("../../sql/offsets_claim.sql");
-const OFFSETS_READ_SETTLED: &str = include_str!("../../sql/offsets_read_settled.sql");
 const COPY_SPANS: &str = include_str!("../../sql/copy_spans.sql");
 const COPY_EVENTS: &str = include_str!("../../sql/copy_events.sql");
 const SPANS_MOVE: &str = include_str!("../../sql/spans_move.sql");
 const EVENTS_MOVE: &str = include_str!("../../sql/events_move.sql");
+const DEAD_LETTERS_RECORD: &str = include_str!("../../sql/dead_letters_record.sql");
+
+/// One dead letter whose offset a batch transaction moves past: recorded in
+/// the `dead_letters` ledger by that transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub offset: i64,
+    pub id: String,
+    /// Empty when the message had no valid tenant.
+    pub tenant: String,
+    pub stage: String,
+    pub reason: String,
+    pub error: String,
+    pub sqlstate: Option<String>,
+}
+
+/// Who records dead letters: the committing instance and the spool that holds them.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorder<'a> {
+    pub instance: &'a str,
+    pub spool_id: &'a str,
+}
 
 /// One batch of one Kafka partition, ready to write.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +60,9 @@ pub struct WriteBatch<'a> {
     pub next_offset: i64,
     /// The decoded messages of the batch, in offset order (a subset during poison bisection).
     pub messages: &'a [&'a DecodedTraces],
+    /// The dead letters among the batch's messages, for the ledger.
+    pub dead_letters: &'a [LedgerEntry],
+    pub recorder: Recorder<'a>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,6 +102,7 @@ pub enum AfterFailure {
 pub struct Writer {
     pool: Pool,
     partitions: Arc<Partitions>,
+    canceller: pool::Canceller,
     fault_panic_span_name: Option<String>,
 }
 
@@ -87,11 +112,13 @@ impl Writer {
     pub fn new(
         pool: Pool,
         partitions: Arc<Partitions>,
+        canceller: pool::Canceller,
         fault_panic_span_name: Option<String>,
     ) -> Self {
         Writer {
             pool,
             partitions,
+            canceller,
             fault_panic_span_name,
         }
     }
@@ -132,6 +159,11 @@ impl Writer {
             expected: None,
             next_offset: 0,
             messages,
+            dead_letters: &[],
+            recorder: Recorder {
+                instance: "",
+                spool_id: "",
+            },
         };
         let result = self.write_tx(&unfenced, &rows, false).await;
         if let Err(Error::Postgres(e)) = &result {
@@ -155,11 +187,7 @@ impl Writer {
         next_offset: i64,
     ) -> Result<AfterFailure> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(OFFSETS_READ_SETTLED).await?;
-        let row = client
-            .query_opt(&stmt, &[&key.group, &key.topic, &key.partition])
-            .await?;
-        let stored: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
+        let stored = offsets::read_settled(&**client, key).await?;
         Ok(if stored == Some(next_offset) {
             AfterFailure::AlreadyCommitted
         } else if stored == expected {
@@ -179,7 +207,7 @@ impl Writer {
         // Prepared before BEGIN: a failure here leaves no transaction behind.
         let stmts = Statements::prepare(&client).await?;
         let fault = self.fault_panic_span_name.as_deref();
-        let mut conn = TxConnection::new(client);
+        let mut conn = TxConnection::new(client, self.canceller.clone());
         let attempt = transact(conn.client(), &stmts, batch, rows, fault, fenced).await;
         if attempt.clean {
             conn.release();
@@ -259,6 +287,7 @@ struct Statements {
     copy_events: Statement,
     spans_move: Statement,
     events_move: Statement,
+    record_dead_letters: Statement,
 }
 
 impl Statements {
@@ -277,14 +306,16 @@ impl Statements {
 
     async fn prepare_all(client: &Object) -> std::result::Result<Self, tokio_postgres::Error> {
         // Issued together: the client pipelines them in one round trip.
-        let (advance, claim, copy_spans, copy_events, spans_move, events_move) = futures::try_join!(
-            client.prepare_cached(OFFSETS_ADVANCE),
-            client.prepare_cached(OFFSETS_CLAIM),
-            client.prepare_cached(COPY_SPANS),
-            client.prepare_cached(COPY_EVENTS),
-            client.prepare_cached(SPANS_MOVE),
-            client.prepare_cached(EVENTS_MOVE),
-        )?;
+        let (advance, claim, copy_spans, copy_events, spans_move, events_move, record_dead_letters) =
+            futures::try_join!(
+                client.prepare_cached(OFFSETS_ADVANCE),
+                client.prepare_cached(OFFSETS_CLAIM),
+                client.prepare_cached(COPY_SPANS),
+                client.prepare_cached(COPY_EVENTS),
+                client.prepare_cached(SPANS_MOVE),
+                client.prepare_cached(EVENTS_MOVE),
+                client.prepare_cached(DEAD_LETTERS_RECORD),
+            )?;
         Ok(Statements {
             advance,
             claim,
@@ -292,6 +323,7 @@ impl Statements {
             copy_events,
             spans_move,
             events_move,
+            record_dead_letters,
         })
     }
 }
@@ -371,6 +403,9 @@ async fn body(
     if fenced && !fence(tx, stmts, batch).await? {
         return Ok(None);
     }
+    if !batch.dead_letters.is_empty() {
+        record_dead_letters(tx, stmts, batch).await?;
+    }
     let mut stats = WriteStats::default();
     if !rows.spans.is_empty() {
         copy::copy_spans(tx, &stmts.copy_spans, &rows.spans).await?;
@@ -415,24 +450,63 @@ async fn fence(tx: &Transaction<'_>, stmts: &Statements, batch: &WriteBatch<'_>)
     Ok(changed == 1)
 }
 
+/// The ledger rows of the dead letters this transaction moves the offset past.
+async fn record_dead_letters(
+    tx: &Transaction<'_>,
+    stmts: &Statements,
+    batch: &WriteBatch<'_>,
+) -> Result<()> {
+    let d = batch.dead_letters;
+    let column = |f: fn(&LedgerEntry) -> &str| d.iter().map(f).collect::<Vec<&str>>();
+    let offsets: Vec<i64> = d.iter().map(|e| e.offset).collect();
+    let sqlstates: Vec<Option<&str>> = d.iter().map(|e| e.sqlstate.as_deref()).collect();
+    let k = &batch.key;
+    let r = &batch.recorder;
+    tx.execute(
+        &stmts.record_dead_letters,
+        &[
+            &k.group,
+            &k.topic,
+            &k.partition,
+            &r.spool_id,
+            &r.instance,
+            &offsets,
+            &column(|e| &e.id),
+            &column(|e| &e.tenant),
+            &column(|e| &e.stage),
+            &column(|e| &e.reason),
+            &column(|e| &e.error),
+            &sqlstates,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// `count(*)` is never negative.
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
 /// A pooled connection inside a transaction. Unless released after an
-/// acknowledged COMMIT or ROLLBACK, dropping it (a panic, a cancelled future,
-/// an unknown outcome) takes the connection out of the pool and closes it, so
-/// that the server aborts whatever was in flight and no later batch inherits
-/// a half-done transaction or COPY.
+/// acknowledged COMMIT or ROLLBACK, dropping it (a panic, a cancelled future
+/// such as a worker aborted after a lost assignment, an unknown outcome)
+/// cancels the statement the server may still be running, takes the
+/// connection out of the pool and closes it, so that the server aborts
+/// whatever was in flight and no later batch inherits a half-done
+/// transaction or COPY. The cancel is a courtesy that frees locks sooner:
+/// correctness rests on the offset fence, since a COMMIT already sent cannot
+/// be called back.
 struct TxConnection {
     client: Option<Object>,
+    canceller: pool::Canceller,
 }
 
 impl TxConnection {
-    fn new(client: Object) -> Self {
+    fn new(client: Object, canceller: pool::Canceller) -> Self {
         TxConnection {
             client: Some(client),
+            canceller,
         }
     }
 
@@ -453,6 +527,7 @@ impl Drop for TxConnection {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             tracing::warn!("closing a connection whose transaction did not finish cleanly");
+            self.canceller.cancel(client.cancel_token());
             // Detached from the pool, the client closes its socket when dropped.
             drop(Object::take(client));
         }

@@ -1,18 +1,27 @@
 //! The poison-rate circuit breaker.
 //!
-//! When more than a configured share of recent messages is poison, the cause is
-//! systemic (a wrong encoding, a bad deploy), and dead-lettering the whole
-//! stream would only move the problem into the DLQ. The breaker opens instead:
-//! the topic's partitions pause, the instance goes unready, and the log says
-//! why. After a cool-down it goes half-open and lets one probe batch through; a
-//! clean probe closes it, a poisoned one opens it again. An operator can close
-//! it by hand (`POST /breaker/close`).
+//! When a large share of recent messages is poison, the cause is systemic (a
+//! wrong encoding, a bad deploy), and dead-lettering the whole stream would only
+//! move the problem into the DLQ. The breaker opens instead: the topic's
+//! partitions pause, the instance goes unready, and the log says why. After a
+//! cool-down it goes half-open and lets one probe batch through; a clean probe
+//! closes it, a poisoned one opens it again. An operator can close it by hand
+//! (`POST /breaker/close`).
 //!
-//! Scope: one breaker per topic in each instance, over a sliding window of the
-//! most recent messages.
+//! Every verdict counts, whatever found it: decode, validation, PostgreSQL,
+//! the crash guard. The poison path asks [`Breakers::poison`] before it
+//! dead-letters each message, so once the breaker opens nothing more is
+//! dead-lettered, even in the middle of a batch. It opens when more than the
+//! threshold of the most recent `min_messages` verdicts are poison, or of the
+//! most recent `window`: the first rule bounds how many dead letters a sudden
+//! systemic failure costs (at most `min_messages`, whatever came before), the
+//! second catches a steady high rate.
+//!
+//! Scope: one breaker per topic in each instance.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::metrics as m;
@@ -21,9 +30,9 @@ use crate::metrics as m;
 pub struct BreakerConfig {
     /// Poison share above which the breaker opens (0.0..=1.0).
     pub threshold: f64,
-    /// Messages in the sliding window.
+    /// Messages in the long sliding window.
     pub window: usize,
-    /// The breaker never opens on fewer messages than this.
+    /// The short window, and the fewest verdicts the breaker opens on.
     pub min_messages: usize,
     pub cooldown: Duration,
 }
@@ -31,8 +40,13 @@ pub struct BreakerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
-    Open { since: Instant },
-    HalfOpen { probing: bool },
+    Open {
+        since: Instant,
+    },
+    /// `probe`: the id of the probe batch under way, if any.
+    HalfOpen {
+        probe: Option<u64>,
+    },
 }
 
 impl State {
@@ -45,25 +59,55 @@ impl State {
     }
 }
 
-/// What a worker may do with a batch that holds `poison` of `total` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go ahead: dead-letter the poison, commit the rest.
-    Proceed,
-    /// Do not dead-letter anything; pause and ask again after this long.
+/// Whether a worker may take its next batch.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go ahead; with a probe while the breaker is half-open.
+    Proceed(Option<Probe>),
+    /// Dead-letter nothing: keep the partition paused and ask again after this long.
     Wait(Duration),
 }
 
-struct TopicBreaker {
-    state: State,
-    /// true = poison, most recent last.
-    recent: VecDeque<bool>,
-    poison_in_window: usize,
+/// The half-open breaker's one probe batch. Only the batch holding it closes
+/// or reopens the breaker; dropping it (the batch was stopped, fenced or
+/// aborted) lets another batch probe.
+#[derive(Debug)]
+pub struct Probe {
+    breakers: Arc<Breakers>,
+    topic: String,
+    id: u64,
 }
 
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let mut topics = self.breakers.lock();
+        if let Some(b) = topics.get_mut(&self.topic) {
+            if b.state
+                == (State::HalfOpen {
+                    probe: Some(self.id),
+                })
+            {
+                b.set_state(&self.topic, State::HalfOpen { probe: None });
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TopicBreaker {
+    state: State,
+    /// true = poison, most recent last; at most `window` long.
+    recent: VecDeque<bool>,
+    poison_in_window: usize,
+    /// Poison among the last `min_messages` verdicts.
+    poison_in_tail: usize,
+}
+
+#[derive(Debug)]
 pub struct Breakers {
     config: BreakerConfig,
     topics: Mutex<HashMap<String, TopicBreaker>>,
+    probes: AtomicU64,
 }
 
 /// How often a waiting worker looks again while another one probes.
@@ -74,106 +118,95 @@ impl Breakers {
         Breakers {
             config,
             topics: Mutex::new(HashMap::new()),
+            probes: AtomicU64::new(0),
         }
     }
 
-    /// Asks before a batch is dead-lettered or committed. `poison` is what is
-    /// already known to be poison (decode and validation failures).
-    pub fn check(&self, topic: &str, poison: usize, total: usize) -> Verdict {
+    /// Asked before each batch.
+    pub fn admit(self: &Arc<Self>, topic: &str) -> Admission {
+        let cooldown = self.config.cooldown;
+        let mut topics = self.lock();
+        let b = topics
+            .entry(topic.to_string())
+            .or_insert_with(TopicBreaker::new);
+        match b.state {
+            State::Closed => Admission::Proceed(None),
+            State::Open { since } if since.elapsed() < cooldown => {
+                Admission::Wait(cooldown - since.elapsed())
+            }
+            State::HalfOpen { probe: Some(_) } => Admission::Wait(PROBE_POLL),
+            State::Open { .. } | State::HalfOpen { probe: None } => {
+                let id = self.probes.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    topic,
+                    "circuit breaker half-open: letting one probe batch through"
+                );
+                b.set_state(topic, State::HalfOpen { probe: Some(id) });
+                Admission::Proceed(Some(Probe {
+                    breakers: Arc::clone(self),
+                    topic: topic.to_string(),
+                    id,
+                }))
+            }
+        }
+    }
+
+    /// One message was judged poison. True: dead-letter it. False: the breaker
+    /// is open (or opens now), and nothing may be dead-lettered.
+    pub fn poison(&self, topic: &str, probe: Option<&Probe>) -> bool {
         let cfg = self.config;
         let mut topics = self.lock();
         let b = topics
             .entry(topic.to_string())
             .or_insert_with(TopicBreaker::new);
         match b.state {
-            State::Open { since } => {
-                let elapsed = since.elapsed();
-                if elapsed < cfg.cooldown {
-                    return Verdict::Wait(cfg.cooldown - elapsed);
-                }
-                tracing::info!(
-                    topic,
-                    "circuit breaker half-open: letting one probe batch through"
-                );
-                b.set_state(topic, State::HalfOpen { probing: true });
-                self.probe(topic, b, poison)
-            }
-            State::HalfOpen { probing: true } => Verdict::Wait(PROBE_POLL),
-            State::HalfOpen { probing: false } => {
-                b.set_state(topic, State::HalfOpen { probing: true });
-                self.probe(topic, b, poison)
-            }
             State::Closed => {
-                let (p, n) = b.share_with(poison, total, cfg.window);
-                if n >= cfg.min_messages && poison > 0 && (p as f64) > cfg.threshold * n as f64 {
-                    tracing::error!(topic, poison = p, messages = n, threshold = cfg.threshold,
-                        "circuit breaker open: most recent messages are poison, which looks systemic \
-                         (a wrong encoding? a bad deploy?); pausing instead of dead-lettering the stream");
-                    metrics::counter!(m::BREAKER_TRIPS, "topic" => topic.to_string()).increment(1);
-                    b.set_state(
-                        topic,
-                        State::Open {
-                            since: Instant::now(),
-                        },
-                    );
-                    return Verdict::Wait(cfg.cooldown);
-                }
-                Verdict::Proceed
-            }
-        }
-    }
-
-    fn probe(&self, topic: &str, b: &mut TopicBreaker, poison: usize) -> Verdict {
-        if poison > 0 {
-            tracing::warn!(
-                topic,
-                poison,
-                "circuit breaker probe held poison: open again"
-            );
-            b.set_state(
-                topic,
-                State::Open {
-                    since: Instant::now(),
-                },
-            );
-            return Verdict::Wait(self.config.cooldown);
-        }
-        Verdict::Proceed
-    }
-
-    /// Records a processed batch: `poison` of `total` messages were dead-lettered.
-    pub fn record(&self, topic: &str, poison: usize, total: usize) {
-        let window = self.config.window;
-        let mut topics = self.lock();
-        let b = topics
-            .entry(topic.to_string())
-            .or_insert_with(TopicBreaker::new);
-        if let State::HalfOpen { probing: true } = b.state {
-            if poison == 0 {
-                tracing::info!(topic, "circuit breaker closed: the probe batch was clean");
-                b.recent.clear();
-                b.poison_in_window = 0;
-                b.set_state(topic, State::Closed);
-            } else {
+                b.push(true, &cfg);
+                let Some((poison, messages)) = b.tripped(&cfg) else {
+                    return true;
+                };
+                tracing::error!(topic, poison, messages, threshold = cfg.threshold,
+                    "circuit breaker open: most recent messages are poison, which looks systemic \
+                     (a wrong encoding? a bad deploy?); pausing instead of dead-lettering the stream");
+                metrics::counter!(m::BREAKER_TRIPS, "topic" => topic.to_string()).increment(1);
                 b.set_state(
                     topic,
                     State::Open {
                         since: Instant::now(),
                     },
                 );
-                return;
+                false
             }
+            State::HalfOpen { probe: Some(id) } if probe.is_some_and(|p| p.id == id) => {
+                tracing::warn!(topic, "circuit breaker probe held poison: open again");
+                b.set_state(
+                    topic,
+                    State::Open {
+                        since: Instant::now(),
+                    },
+                );
+                false
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         }
-        b.push(poison, total, window);
     }
 
-    /// A worker gave up its probe without finishing it (stop, fence, retry).
-    pub fn abandon_probe(&self, topic: &str) {
+    /// `messages` were committed as good.
+    pub fn good(&self, topic: &str, messages: usize, probe: Option<&Probe>) {
+        let cfg = self.config;
         let mut topics = self.lock();
-        if let Some(b) = topics.get_mut(topic) {
-            if let State::HalfOpen { probing: true } = b.state {
-                b.set_state(topic, State::HalfOpen { probing: false });
+        let b = topics
+            .entry(topic.to_string())
+            .or_insert_with(TopicBreaker::new);
+        if let State::HalfOpen { probe: Some(id) } = b.state {
+            if probe.is_some_and(|p| p.id == id) {
+                tracing::info!(topic, "circuit breaker closed: the probe batch was clean");
+                b.forget();
+                b.set_state(topic, State::Closed);
             }
+        }
+        for _ in 0..messages.min(cfg.window) {
+            b.push(false, &cfg);
         }
     }
 
@@ -186,8 +219,7 @@ impl Breakers {
                 closed += 1;
                 tracing::warn!(topic, "circuit breaker closed by the operator");
             }
-            b.recent.clear();
-            b.poison_in_window = 0;
+            b.forget();
             b.set_state(topic, State::Closed);
         }
         closed
@@ -218,6 +250,7 @@ impl TopicBreaker {
             state: State::Closed,
             recent: VecDeque::new(),
             poison_in_window: 0,
+            poison_in_tail: 0,
         }
     }
 
@@ -226,28 +259,42 @@ impl TopicBreaker {
         metrics::gauge!(m::BREAKER_STATE, "topic" => topic.to_string()).set(state.gauge());
     }
 
-    /// The window's poison count and size if a batch of `total` with `poison` were added.
-    fn share_with(&self, poison: usize, total: usize, window: usize) -> (usize, usize) {
-        let total = total.min(window);
-        let poison = poison.min(total);
-        let keep = window - total;
-        let dropped = self.recent.len().saturating_sub(keep);
-        let dropped_poison = self.recent.iter().take(dropped).filter(|p| **p).count();
-        let n = self.recent.len() - dropped + total;
-        (self.poison_in_window - dropped_poison + poison, n)
+    fn forget(&mut self) {
+        self.recent.clear();
+        self.poison_in_window = 0;
+        self.poison_in_tail = 0;
     }
 
-    fn push(&mut self, poison: usize, total: usize, window: usize) {
-        let good = total.saturating_sub(poison);
-        let outcomes = std::iter::repeat_n(false, good).chain(std::iter::repeat_n(true, poison));
-        for p in outcomes {
-            self.recent.push_back(p);
-            self.poison_in_window += usize::from(p);
-            if self.recent.len() > window {
-                if let Some(old) = self.recent.pop_front() {
-                    self.poison_in_window -= usize::from(old);
-                }
+    fn push(&mut self, poison: bool, cfg: &BreakerConfig) {
+        self.recent.push_back(poison);
+        self.poison_in_window += usize::from(poison);
+        self.poison_in_tail += usize::from(poison);
+        let len = self.recent.len();
+        if len > cfg.min_messages {
+            if let Some(left) = self.recent.get(len - 1 - cfg.min_messages) {
+                self.poison_in_tail -= usize::from(*left);
             }
+        }
+        if len > cfg.window {
+            if let Some(old) = self.recent.pop_front() {
+                self.poison_in_window -= usize::from(old);
+            }
+        }
+    }
+
+    /// `(poison, messages)` of the window that is over the threshold, if one is.
+    fn tripped(&self, cfg: &BreakerConfig) -> Option<(usize, usize)> {
+        let n = self.recent.len();
+        if n < cfg.min_messages.max(1) {
+            return None;
+        }
+        let over = |poison: usize, of: usize| poison as f64 > cfg.threshold * of as f64;
+        if over(self.poison_in_tail, cfg.min_messages.max(1)) {
+            Some((self.poison_in_tail, cfg.min_messages))
+        } else if over(self.poison_in_window, n) {
+            Some((self.poison_in_window, n))
+        } else {
+            None
         }
     }
 }
@@ -256,67 +303,95 @@ impl TopicBreaker {
 mod tests {
     use super::*;
 
-    fn breakers(cooldown: Duration) -> Breakers {
-        Breakers::new(BreakerConfig {
+    fn breakers(cooldown: Duration) -> Arc<Breakers> {
+        Arc::new(Breakers::new(BreakerConfig {
             threshold: 0.5,
             window: 100,
             min_messages: 10,
             cooldown,
-        })
+        }))
+    }
+
+    fn proceed(b: &Arc<Breakers>, topic: &str) -> Option<Probe> {
+        match b.admit(topic) {
+            Admission::Proceed(probe) => probe,
+            Admission::Wait(d) => panic!("expected to proceed, told to wait {d:?}"),
+        }
     }
 
     #[test]
-    fn a_poisoned_stream_opens_it_before_anything_is_dead_lettered() {
+    fn a_poisoned_stream_opens_it_after_at_most_min_messages_verdicts() {
         let b = breakers(Duration::from_secs(60));
-        assert_eq!(b.check("t", 50, 50), Verdict::Wait(Duration::from_secs(60)));
+        let allowed = (0..50).take_while(|_| b.poison("t", None)).count();
+        assert_eq!(allowed, 9, "the tenth poison verdict opens it");
         assert!(matches!(b.state("t"), State::Open { .. }));
+        assert!(matches!(b.admit("t"), Admission::Wait(_)));
         assert_eq!(b.open_topics(), vec!["t".to_string()]);
+    }
+
+    #[test]
+    fn a_long_good_history_does_not_delay_tripping() {
+        let b = breakers(Duration::from_secs(60));
+        b.good("t", 1000, None);
+        let allowed = (0..100).take_while(|_| b.poison("t", None)).count();
+        assert!(allowed <= 10, "{allowed} dead letters before opening");
     }
 
     #[test]
     fn occasional_poison_passes() {
         let b = breakers(Duration::from_secs(60));
-        for _ in 0..20 {
-            assert_eq!(b.check("t", 1, 10), Verdict::Proceed);
-            b.record("t", 1, 10);
+        for _ in 0..50 {
+            assert!(b.poison("t", None));
+            b.good("t", 9, None);
         }
         assert_eq!(b.state("t"), State::Closed);
-        // Too few messages to judge: proceed even if all are poison.
-        assert_eq!(
-            breakers(Duration::from_secs(1)).check("u", 3, 3),
-            Verdict::Proceed
-        );
+        // Too few verdicts to judge.
+        let fresh = breakers(Duration::from_secs(60));
+        assert!((0..9).all(|_| fresh.poison("u", None)));
     }
 
     #[test]
-    fn the_window_slides() {
-        let b = breakers(Duration::from_secs(60));
-        b.record("t", 60, 60);
-        b.record("t", 0, 100); // pushes every poison message out of the window
-        assert_eq!(b.check("t", 10, 20), Verdict::Proceed);
-    }
-
-    #[test]
-    fn half_open_probe_closes_or_reopens() {
+    fn half_open_lets_one_probe_through_and_only_it_decides() {
         let b = breakers(Duration::ZERO);
-        assert!(matches!(b.check("t", 20, 20), Verdict::Wait(_)));
-        // Cool-down over: one probe goes, a second worker waits.
-        assert_eq!(b.check("t", 0, 5), Verdict::Proceed);
-        assert_eq!(b.check("t", 0, 5), Verdict::Wait(PROBE_POLL));
-        b.record("t", 0, 5);
+        while b.poison("t", None) {}
+        let probe = proceed(&b, "t").expect("a probe");
+        assert!(matches!(b.admit("t"), Admission::Wait(PROBE_POLL)));
+        // A batch that is not the probe neither closes nor reopens it.
+        b.good("t", 5, None);
+        assert!(!b.poison("t", None));
+        assert!(matches!(b.state("t"), State::HalfOpen { .. }));
+        b.good("t", 5, Some(&probe));
         assert_eq!(b.state("t"), State::Closed);
-        // A poisoned probe opens it again.
-        assert!(matches!(b.check("t", 20, 20), Verdict::Wait(_)));
-        assert!(matches!(b.check("t", 3, 5), Verdict::Wait(_)));
+        drop(probe);
+        assert_eq!(b.state("t"), State::Closed);
+    }
+
+    #[test]
+    fn a_poisoned_probe_reopens_it() {
+        let b = breakers(Duration::ZERO);
+        while b.poison("t", None) {}
+        let probe = proceed(&b, "t").expect("a probe");
+        assert!(!b.poison("t", Some(&probe)));
         assert!(matches!(b.state("t"), State::Open { .. }));
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_another_batch_probe() {
+        let b = breakers(Duration::ZERO);
+        while b.poison("t", None) {}
+        let probe = proceed(&b, "t").expect("a probe");
+        drop(probe);
+        assert_eq!(b.state("t"), State::HalfOpen { probe: None });
+        assert!(proceed(&b, "t").is_some());
     }
 
     #[test]
     fn the_operator_closes_it() {
         let b = breakers(Duration::from_secs(3600));
-        assert!(matches!(b.check("t", 20, 20), Verdict::Wait(_)));
+        while b.poison("t", None) {}
         assert_eq!(b.close_all(), 1);
         assert_eq!(b.state("t"), State::Closed);
         assert!(b.open_topics().is_empty());
+        assert!(b.poison("t", None), "the window was forgotten");
     }
 }

@@ -20,15 +20,26 @@
 //! process begins again (a retry after a transient failure) is not a crash.
 //! Open one guard per process and share it.
 //!
+//! Only a death the range may have caused counts. [`InFlight`] ends its record
+//! when it is dropped, so a clean stop, an abort at the drain deadline and a
+//! revocation leave nothing behind. While the worker waits on PostgreSQL (the
+//! pool, a lock, a commit) or backs off, the record says so
+//! ([`InFlight::set_waiting`]) and a death then does not count. Once SIGTERM
+//! has arrived, [`CrashGuard::stopping`] records it: an orchestrator's SIGKILL
+//! after its grace period is not the message's fault, and the next start
+//! clears that process's records.
+//!
 //! One small file per partition, overwritten in place by every `begin` (one
 //! write and one fdatasync on the hot path), with a CRC32C so that a write torn
-//! by a crash reads as no record.
+//! by a crash reads as no record. The waiting flag is a rewrite without
+//! fdatasync: it must survive the process, not the machine.
 //!
 //! | bytes | field                                               |
 //! |-------|-----------------------------------------------------|
 //! | 4     | magic `SPCG`                                        |
 //! | 1     | format version (1)                                  |
-//! | 1     | flags: 1 = a range is in flight, 2 = a suspect      |
+//! | 1     | flags: 1 = a range is in flight, 2 = a suspect,     |
+//! |       | 4 = waiting on PostgreSQL or backing off            |
 //! | 4     | crashes, u32 LE                                     |
 //! | 8     | instance, u64 LE                                    |
 //! | 8     | first offset, i64 LE                                |
@@ -42,6 +53,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::metrics as m;
@@ -55,7 +67,9 @@ const CRC_LEN: usize = 4;
 const MAX_RECORD: usize = FIXED_LEN + 2 * u16::MAX as usize + CRC_LEN;
 const FLAG_ACTIVE: u8 = 1;
 const FLAG_SUSPECT: u8 = 2;
+const FLAG_WAITING: u8 = 4;
 const RECORD_SUFFIX: &str = ".range";
+const STOPPING_SUFFIX: &str = ".stopping";
 const TMP_SUFFIX: &str = ".tmp";
 
 #[derive(Debug)]
@@ -80,6 +94,8 @@ struct Record {
     range: Option<(i64, i64)>,
     crashes: u32,
     suspect: Option<Suspect>,
+    /// The range waits on PostgreSQL or backs off: a death now is not its fault.
+    waiting: bool,
 }
 
 /// What `begin` decided: the record to write and what to tell the caller.
@@ -106,6 +122,7 @@ impl CrashGuard {
         fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         remove_tmp_files(&dir)?;
+        clear_stopped(&dir)?;
         sync_dir(&dir)?;
         sync_dir(spool_dir)?;
         if let Some(parent) = parent_dir(spool_dir) {
@@ -123,13 +140,13 @@ impl CrashGuard {
     /// flight: for a batch (`first < last`), deaths with any overlapping range;
     /// for a single message (`first == last`), deaths with that message alone.
     pub fn begin(
-        &self,
+        self: &Arc<Self>,
         group: &str,
         topic: &str,
         partition: i32,
         first: i64,
         last: i64,
-    ) -> Result<u32> {
+    ) -> Result<InFlight> {
         if first > last {
             return Err(Error::config(
                 "crash guard range",
@@ -148,26 +165,44 @@ impl CrashGuard {
             Some(file) => overwrite(file, &bytes, true).map_err(|e| io_at(&path, e))?,
             None => self.create(&path, &bytes)?,
         }
-        Ok(step.count)
+        Ok(InFlight {
+            guard: Arc::clone(self),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            path,
+            record: step.record,
+            crashes: step.count,
+            ended: false,
+        })
     }
 
-    /// The range committed or was dead-lettered. Not made durable: a lost end
-    /// costs one crash counted in excess, never a lost message.
-    pub fn end(&self, group: &str, topic: &str, partition: i32) -> Result<()> {
-        let key = Key::new(group, topic, partition)?;
-        let path = self.path(&key);
-        let file = match OpenOptions::new().write(true).open(&path) {
+    /// SIGTERM has arrived: whatever kills this process from now on (the
+    /// orchestrator's SIGKILL after its grace period) is no message's fault.
+    /// Durable, so that the next start clears this process's records.
+    pub fn stopping(&self) -> Result<()> {
+        let path = self
+            .dir
+            .join(format!("{:016x}{STOPPING_SUFFIX}", self.instance));
+        self.create(&path, &self.instance.to_le_bytes())
+    }
+
+    /// Ends a record: not made durable, since a lost end costs one crash
+    /// counted in excess, never a lost message.
+    fn end(&self, group: &str, topic: &str, path: &Path) -> Result<()> {
+        let key = Key::new(group, topic, 0)?;
+        let file = match OpenOptions::new().write(true).open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_at(&path, e)),
+            Err(e) => return Err(io_at(path, e)),
         };
         let idle = Record {
             instance: self.instance,
             range: None,
             crashes: 0,
             suspect: None,
+            waiting: false,
         };
-        overwrite(file, &encode(&key, &idle), false).map_err(|e| io_at(&path, e))
+        overwrite(file, &encode(&key, &idle), false).map_err(|e| io_at(path, e))
     }
 
     pub fn threshold(&self) -> u32 {
@@ -215,6 +250,58 @@ impl CrashGuard {
     }
 }
 
+/// A range in flight, recorded by [`CrashGuard::begin`]. Dropping it ends the
+/// record: the process survived the range, whatever became of it (committed,
+/// dead-lettered, fenced, stopped or aborted).
+#[derive(Debug)]
+pub struct InFlight {
+    guard: Arc<CrashGuard>,
+    group: String,
+    topic: String,
+    path: PathBuf,
+    record: Record,
+    crashes: u32,
+    ended: bool,
+}
+
+impl InFlight {
+    /// How many times the process died with this range in flight: for a batch,
+    /// deaths with any overlapping range; for a single message, deaths with
+    /// that message alone.
+    pub fn crashes(&self) -> u32 {
+        self.crashes
+    }
+
+    /// Marks the range as waiting on PostgreSQL or backing off (true), or as
+    /// being worked on again (false). Best effort: a failure only means that a
+    /// death meanwhile may count.
+    pub fn set_waiting(&mut self, waiting: bool) {
+        if self.ended || self.record.waiting == waiting {
+            return;
+        }
+        self.record.waiting = waiting;
+        let written = Key::new(&self.group, &self.topic, 0).and_then(|key| {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| io_at(&self.path, e))?;
+            overwrite(file, &encode(&key, &self.record), false).map_err(|e| io_at(&self.path, e))
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot mark the crash-guard record as waiting");
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ended = true;
+        if let Err(e) = self.guard.end(&self.group, &self.topic, &self.path) {
+            tracing::warn!(error = %e, "cannot clear the batch's crash-guard record");
+        }
+    }
+}
+
 impl<'a> Key<'a> {
     fn new(group: &'a str, topic: &'a str, partition: i32) -> Result<Self> {
         for (setting, name) in [("group id", group), ("topic", topic)] {
@@ -240,6 +327,14 @@ fn next_step(previous: Option<Record>, instance: u64, first: i64, last: i64) -> 
     let in_flight = previous.and_then(|p| p.range.map(|r| (p, r)));
     let (crashes, suspect, found_dead) = match in_flight {
         None => (0, None, false),
+        // Died while waiting on PostgreSQL or backing off: not the range's doing.
+        Some((p, old)) if p.instance != instance && p.waiting => {
+            if overlaps(old, range) {
+                (p.crashes, p.suspect, false)
+            } else {
+                (0, None, false)
+            }
+        }
         Some((p, old)) if p.instance != instance => {
             if overlaps(old, range) {
                 (p.crashes.saturating_add(1), convict(p, old), true)
@@ -264,6 +359,7 @@ fn next_step(previous: Option<Record>, instance: u64, first: i64, last: i64) -> 
             range: Some(range),
             crashes,
             suspect,
+            waiting: false,
         },
         count,
         found_dead,
@@ -326,15 +422,10 @@ fn encode(key: &Key<'_>, record: &Record) -> Vec<u8> {
         offset: 0,
         crashes: 0,
     });
-    let flags = if record.range.is_some() {
-        FLAG_ACTIVE
-    } else {
-        0
-    } | if record.suspect.is_some() {
-        FLAG_SUSPECT
-    } else {
-        0
-    };
+    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+    let flags = flag(record.range.is_some(), FLAG_ACTIVE)
+        | flag(record.suspect.is_some(), FLAG_SUSPECT)
+        | flag(record.waiting, FLAG_WAITING);
     let (group, topic) = (key.group.as_bytes(), key.topic.as_bytes());
     let mut out = Vec::with_capacity(FIXED_LEN + group.len() + topic.len() + CRC_LEN);
     out.extend_from_slice(MAGIC);
@@ -375,6 +466,12 @@ impl<'a> Fields<'a> {
 
 /// `None` for anything but a whole record of this partition's group and topic.
 fn decode(bytes: &[u8], key: &Key<'_>) -> Option<Record> {
+    let (group, topic, record) = decode_record(bytes)?;
+    (group == key.group && topic == key.topic).then_some(record)
+}
+
+/// A whole record, with the group and topic it names; `None` if torn or foreign.
+fn decode_record(bytes: &[u8]) -> Option<(String, String, Record)> {
     let (body, crc) = bytes.split_last_chunk::<CRC_LEN>()?;
     if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
         return None;
@@ -392,12 +489,12 @@ fn decode(bytes: &[u8], key: &Key<'_>) -> Option<Record> {
     let suspect_crashes = u32::from_le_bytes(f.take()?);
     let group_len = u16::from_le_bytes(f.take()?);
     let topic_len = u16::from_le_bytes(f.take()?);
-    let group = f.bytes(group_len.into())?;
-    let topic = f.bytes(topic_len.into())?;
-    if !f.0.is_empty() || group != key.group.as_bytes() || topic != key.topic.as_bytes() {
+    let group = std::str::from_utf8(f.bytes(group_len.into())?).ok()?;
+    let topic = std::str::from_utf8(f.bytes(topic_len.into())?).ok()?;
+    if !f.0.is_empty() {
         return None;
     }
-    Some(Record {
+    let record = Record {
         instance,
         range: (flags & FLAG_ACTIVE != 0).then_some((first, last)),
         crashes,
@@ -405,7 +502,51 @@ fn decode(bytes: &[u8], key: &Key<'_>) -> Option<Record> {
             offset: suspect_offset,
             crashes: suspect_crashes,
         }),
-    })
+        waiting: flags & FLAG_WAITING != 0,
+    };
+    Some((group.to_string(), topic.to_string(), record))
+}
+
+/// At open: the records that processes left in flight after recording
+/// SIGTERM are marked as waiting, since whatever killed those processes then
+/// was not their range's doing (their crash counts so far stand); then the
+/// markers go.
+fn clear_stopped(dir: &Path) -> Result<()> {
+    let mut stopped = Vec::new();
+    let mut markers = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_at(dir, e))? {
+        let path = entry.map_err(|e| io_at(dir, e))?.path();
+        if path.to_string_lossy().ends_with(STOPPING_SUFFIX) {
+            let bytes = fs::read(&path).map_err(|e| io_at(&path, e))?;
+            if let Ok(instance) = <[u8; 8]>::try_from(bytes.as_slice()) {
+                stopped.push(u64::from_le_bytes(instance));
+            }
+            markers.push(path);
+        }
+    }
+    for entry in fs::read_dir(dir).map_err(|e| io_at(dir, e))? {
+        let path = entry.map_err(|e| io_at(dir, e))?.path();
+        if stopped.is_empty() || !path.to_string_lossy().ends_with(RECORD_SUFFIX) {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(|e| io_at(&path, e))?;
+        let Some((group, topic, record)) = decode_record(&bytes) else {
+            continue;
+        };
+        if record.range.is_some() && !record.waiting && stopped.contains(&record.instance) {
+            let excused = Record {
+                waiting: true,
+                ..record
+            };
+            let key = Key::new(&group, &topic, 0)?;
+            fs::write(&path, encode(&key, &excused)).map_err(|e| io_at(&path, e))?;
+            tracing::info!(file = %path.display(), "a range in flight when SIGTERM came is not counted as a crash");
+        }
+    }
+    for marker in markers {
+        fs::remove_file(&marker).map_err(|e| io_at(&marker, e))?;
+    }
+    Ok(())
 }
 
 fn remove_tmp_files(dir: &Path) -> Result<()> {
@@ -436,6 +577,7 @@ mod tests {
             range: Some((first, last)),
             crashes,
             suspect: None,
+            waiting: false,
         }
     }
 
@@ -532,5 +674,17 @@ mod tests {
             ..active(DEAD, 4, 9, 1)
         };
         assert_eq!(next_step(Some(record), ME, 6, 12).record.suspect, None);
+    }
+
+    #[test]
+    fn a_death_while_waiting_on_postgres_does_not_count() {
+        let waiting = Record {
+            waiting: true,
+            ..active(DEAD, 0, 9, 2)
+        };
+        let step = next_step(Some(waiting), ME, 0, 9);
+        assert_eq!((step.count, step.found_dead), (2, false));
+        let key = Key::new("g", "t", 0).unwrap();
+        assert_eq!(decode(&encode(&key, &waiting), &key), Some(waiting));
     }
 }

@@ -48,6 +48,12 @@ pub mod header {
     pub const FIRST_FAILURE: &str = "spansink.dlq.first.failure";
     pub const INSTANCE: &str = "spansink.dlq.instance";
     pub const VERSION: &str = "spansink.dlq.version";
+    /// Only on a marker: the record stands for a dead letter the topic refused
+    /// (its size); the value is absent, and this is the original value's size
+    /// in bytes. The whole record is in the publishing spool's `oversize/`.
+    pub const OVERSIZE: &str = "spansink.dlq.oversize";
+    /// Only on a marker: why the topic refused the dead letter itself.
+    pub const REFUSED: &str = "spansink.dlq.refused";
 
     pub const CONNECT_TOPIC: &str = "__connect.errors.topic";
     pub const CONNECT_PARTITION: &str = "__connect.errors.partition";
@@ -140,6 +146,48 @@ impl DlqPublisher {
             .send(record(&self.topic, d, headers), self.message_timeout)
             .await;
         delivery
+            .map(|r| (r.partition, r.offset))
+            .map_err(|(e, _)| Error::Kafka(e))
+    }
+
+    /// Publishes a marker for a dead letter the topic refused for itself: its
+    /// headers, the original's and spansink's, plus [`header::OVERSIZE`] and
+    /// [`header::REFUSED`], and no value. If even that is refused, spansink's
+    /// headers alone.
+    pub async fn publish_marker(&self, d: &DeadLetter, refused: &str) -> Result<(i32, i64)> {
+        let size = d.payload.len().to_string();
+        let refused = crate::poison::record::truncate_error(refused);
+        let marked = |h: OwnedHeaders| {
+            h.insert(KafkaHeader {
+                key: header::OVERSIZE,
+                value: Some(size.as_str()),
+            })
+            .insert(KafkaHeader {
+                key: header::REFUSED,
+                value: Some(refused.as_str()),
+            })
+        };
+        let full = self.send_marker(d, marked(headers(d))).await;
+        match full {
+            Err(e) if is_record_specific(&e) && !d.headers.is_empty() => {
+                let bare = DeadLetter {
+                    headers: Vec::new(),
+                    ..d.clone()
+                };
+                self.send_marker(d, marked(headers(&bare))).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_marker(&self, d: &DeadLetter, headers: OwnedHeaders) -> Result<(i32, i64)> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+        if let Some(key) = &d.key {
+            record = record.key(key.as_slice());
+        }
+        self.producer
+            .send(record, self.message_timeout)
+            .await
             .map(|r| (r.partition, r.offset))
             .map_err(|(e, _)| Error::Kafka(e))
     }
@@ -362,6 +410,16 @@ fn bad_header(key: &str, why: impl std::fmt::Display) -> Error {
     Error::input(Reason::BadDeadLetter, format!("header {key}: {why}"))
 }
 
+/// Whether a dead-letter record is a marker for one the topic refused (its
+/// value is not the message: see [`header::OVERSIZE`]).
+pub fn is_marker<H: Headers + ?Sized>(headers: &H) -> bool {
+    let all: Vec<KafkaHeader<'_, &[u8]>> = (0..headers.count())
+        .filter_map(|i| headers.try_get(i))
+        .collect();
+    let start = all.iter().rposition(|h| h.key == header::ID);
+    start.is_some_and(|s| all[s..].iter().any(|h| h.key == header::OVERSIZE))
+}
+
 /// Reads a dead-letter record back: spansink's headers, its original headers,
 /// and from the record, its key and value. For `replay`.
 pub fn from_message<M: Message>(message: &M) -> Result<DeadLetter> {
@@ -563,6 +621,8 @@ mod tests {
             first_failure_unix_ms: 1_700_000_001_000,
             instance: "host-1".into(),
             version: "0.1.0".into(),
+            // Not a header: it names a spool, which means nothing downstream.
+            spool_id: String::new(),
         }
     }
 

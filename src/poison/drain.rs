@@ -1,49 +1,69 @@
 //! Moves dead letters from the spool to the DLQ topic, once PostgreSQL has
-//! committed past them.
+//! committed them as dead letters of this spool.
 //!
-//! The pipeline spools a poison message, commits PostgreSQL (the good rows and
-//! the moved offset), then Kafka. Only then is the dead letter final: until
+//! The pipeline spools a poison message, then commits PostgreSQL: the good
+//! rows, the moved offset and the message's row in the `dead_letters` ledger,
+//! naming the spool that holds it. Only then is the dead letter final: until
 //! the commit, a crash, a lost fence or a revocation sends the message through
-//! the pipeline again, maybe on another replica, maybe (after an upgrade) with
-//! success. So an entry is published only when its offset is below its
-//! partition's offset stored in PostgreSQL, and removed only once the broker
+//! the pipeline again, maybe on another replica with its own spool, maybe
+//! (after an upgrade) with success. So an entry is published only when the
+//! ledger holds it under this spool's id, and removed only once the broker
 //! acknowledged it. A crash between the two publishes it again on the next
 //! pass: a DLQ consumer drops the copy by its `spansink.dlq.id`.
 //!
-//! Entries at or above the stored offset wait while the instance runs (their
-//! batch may be committing right now), and are discarded at the next start
-//! ([`Drainer::discard_superseded`]), when no batch is in flight: their
-//! message will be consumed again.
+//! The offset and the ledger are read in one statement (one snapshot): with
+//! two reads, a commit landing between them would look like "committed, but
+//! not as a dead letter", and the entry would be wrongly discarded.
+//!
+//! | ledger row            | stored offset past it | the entry                        |
+//! |-----------------------|-----------------------|----------------------------------|
+//! | this spool's          | (yes)                 | published                        |
+//! | another spool's       | (yes)                 | discarded: that spool publishes  |
+//! | none                  | yes                   | discarded: stored, or skipped, without it |
+//! | none                  | no                    | waits: its batch may be committing |
+//!
+//! At start, and for `spansink spool drain` (the spool's lock says no batch of
+//! it is in flight), waiting entries are discarded too: their batch never
+//! committed, so their message will be consumed, and judged, again
+//! ([`Drainer::recover`]). Entries written before the ledger existed are
+//! recorded in it then if their offset is already past, so an upgrade
+//! discards nothing.
+//!
+//! A dead letter the DLQ topic refuses for itself (its size) is published as a
+//! marker, with spansink's headers and no value, and its entry moved to the
+//! spool's `oversize/`, whole: it never blocks the others.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::otlp::spansink::v1::DeadLetter;
-use crate::pg::offsets::{self, PartitionKey};
 use crate::poison::dlq::{self, DlqPublisher, PendingDelivery};
+use crate::poison::isolate::ledger_entry;
 use crate::poison::spool::{EntryInfo, Spool};
 use crate::retry::Backoff;
+
+const SETTLED: &str = include_str!("../../sql/dead_letters_settled.sql");
+const ADOPT: &str = include_str!("../../sql/dead_letters_adopt.sql");
 
 /// How often the drainer looks at the spool when nothing wakes it: entries
 /// whose commit landed without a poke (after a restart, say) wait no longer.
 const TICK: Duration = Duration::from_secs(5);
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// The last pass at shutdown: long enough for a healthy broker, short enough
-/// not to hold up the exit when it is down (the entries stay spooled).
-const FINAL_PASS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dead letters handed to the producer before the oldest one's acknowledgement
 /// is awaited: enough to hide the round trip, few enough that an outage fails
 /// a bounded number of them.
 const IN_FLIGHT: usize = 32;
+/// Entries whose fate one statement reads.
+const CHECK_CHUNK: usize = 1000;
 
 /// What one pass did. Entries a halted pass did not reach are in no count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +74,33 @@ pub struct DrainReport {
     pub pending: usize,
     /// Could not be read or published: left for a later pass.
     pub failed: usize,
+    /// Committed without being a dead letter of this spool: removed.
+    pub discarded: usize,
+    /// Refused by the DLQ topic for their size: a marker published, the entry
+    /// moved to `oversize/`.
+    pub oversize: usize,
+}
+
+/// What PostgreSQL says of one spooled dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Publish,
+    /// Another spool holds it as a dead letter, or it was committed without
+    /// being one; `why` says which.
+    Discard(&'static str),
+    /// Not committed yet.
+    Wait,
+}
+
+fn fate(d: &DeadLetter, my_spool: &str, stored: Option<i64>, ledger: Option<&str>) -> Fate {
+    match ledger {
+        Some(spool) if spool == my_spool => Fate::Publish,
+        Some(_) => Fate::Discard("dead-lettered by another instance, whose spool publishes it"),
+        None if stored.is_some_and(|next| d.offset < next) => {
+            Fate::Discard("committed without it: stored by another instance, or passed over")
+        }
+        None => Fate::Wait,
+    }
 }
 
 pub struct Drainer {
@@ -71,56 +118,58 @@ impl Drainer {
         }
     }
 
-    /// At start, before consuming: entries at or above their partition's stored
-    /// offset (or of a partition with nothing stored) are removed and counted
-    /// (`SPOOL_SUPERSEDED`) with a log line naming each. Their batch never
-    /// committed, so their message will be consumed, and judged, again.
+    /// Before consuming (or when draining a spool no process owns): records
+    /// in the ledger the entries an earlier release spooled and committed, and
+    /// removes every entry that will never be published from here: those
+    /// whose batch never committed (their message will be consumed and judged
+    /// again) and those committed without being this spool's dead letter. Each
+    /// is counted (`SPOOL_SUPERSEDED`) and logged. Returns how many went.
     ///
     /// An entry that cannot be read for a reason other than damage fails the
     /// call: keeping it could publish it later although it was superseded.
-    pub async fn discard_superseded(&self) -> Result<usize> {
-        let mut stored = StoredOffsets::new(&self.pool);
-        let mut discarded = 0;
+    pub async fn recover(&self) -> Result<usize> {
+        let mut letters = Vec::new();
         for entry in self.entries().await? {
-            let Some(d) = self.read(&entry.id).await? else {
-                continue;
-            };
-            if stored.is_committed(&d).await? {
-                continue;
+            if let Some(d) = self.read(&entry.id).await? {
+                letters.push(d);
             }
-            self.remove(&entry.id).await?;
-            discarded += 1;
-            metrics::counter!(m::SPOOL_SUPERSEDED).increment(1);
-            tracing::info!(
-                id = %d.id,
-                topic = %d.topic,
-                partition = d.partition,
-                offset = d.offset,
-                stored_offset = ?stored.known(&d),
-                "discarded a superseded dead letter: its batch never committed, the message will be consumed again"
-            );
+        }
+        self.adopt_legacy(&letters).await?;
+        let mut discarded = 0;
+        for chunk in letters.chunks(CHECK_CHUNK) {
+            for (d, fate) in chunk.iter().zip(self.fates(chunk).await?) {
+                let why = match fate {
+                    Fate::Publish => continue,
+                    Fate::Discard(why) => why,
+                    Fate::Wait => "its batch never committed: the message will be consumed again",
+                };
+                self.discard(d, why).await?;
+                discarded += 1;
+            }
         }
         Ok(discarded)
     }
 
-    /// One pass: publish every committed entry (oldest first), remove it on ack.
-    ///
-    /// A failed delivery is counted in the report; a broker-wide failure (the
-    /// DLQ being down) also stops the pass from handing over more entries.
-    /// `Err` means the pass could not run: the spool or PostgreSQL failed.
+    /// One pass: publish every entry the ledger holds for this spool (oldest
+    /// first), remove it on ack, and remove those that will never be.
     pub async fn drain_once(&self) -> Result<DrainReport> {
         self.pass(&CancellationToken::new()).await
     }
 
     /// Runs until `stop`: a pass, then a wait for `wake` or the 5 s tick; a
     /// failed pass backs off (1 s .. 30 s) instead. On stop, one last pass
-    /// bounded by a short timeout.
+    /// bounded by `final_pass`.
     ///
     /// The pipeline pokes `wake` with `notify_one` after each commit that
     /// spooled something: the permit is kept if the drainer is busy, so no
     /// poke is lost. Cancel `stop` after the pipeline has stopped, so that the
     /// last pass sees its last commits.
-    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+        final_pass: Duration,
+    ) {
         let mut backoff = new_backoff();
         while !stop.is_cancelled() {
             if self.logged_pass(&stop).await {
@@ -134,14 +183,14 @@ impl Drainer {
                 break;
             }
         }
-        let last = tokio::time::timeout(FINAL_PASS_TIMEOUT, self.drain_once()).await;
+        let last = tokio::time::timeout(final_pass, self.drain_once()).await;
         match last {
             Ok(Ok(report)) => tracing::info!(?report, "dead-letter drainer stopped"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "dead-letter drainer stopped; entries stay spooled")
             }
             Err(_) => tracing::warn!(
-                timeout = ?FINAL_PASS_TIMEOUT,
+                timeout = ?final_pass,
                 "the last dead-letter pass timed out; entries stay spooled and are published after the restart"
             ),
         }
@@ -182,15 +231,47 @@ impl Drainer {
     /// but spooled.
     async fn pass(&self, stop: &CancellationToken) -> Result<DrainReport> {
         let mut pass = Pass::default();
-        let mut stored = StoredOffsets::new(&self.pool);
         let mut halted: Option<Error> = None;
-        for entry in self.entries().await? {
-            if stop.is_cancelled() || pass.broker_down {
-                break;
+        let entries = self.entries().await?;
+        'chunks: for chunk in entries.chunks(CHECK_CHUNK) {
+            let mut letters = Vec::with_capacity(chunk.len());
+            for entry in chunk {
+                match self.read(&entry.id).await {
+                    Ok(Some(d)) => letters.push(d),
+                    // Damaged (now quarantined by the spool) or gone.
+                    Ok(None) => {}
+                    Err(e) => {
+                        pass.failure("spool");
+                        tracing::warn!(id = %entry.id, error = %e, "cannot read a spooled dead letter");
+                    }
+                }
             }
-            if let Err(e) = self.visit(&entry, &mut stored, &mut pass).await {
-                halted = Some(e);
-                break;
+            let fates = match self.fates(&letters).await {
+                Ok(fates) => fates,
+                Err(e) => {
+                    halted = Some(e);
+                    break;
+                }
+            };
+            for (d, fate) in letters.into_iter().zip(fates) {
+                if stop.is_cancelled() || pass.broker_down {
+                    break 'chunks;
+                }
+                let visited = match fate {
+                    Fate::Publish => self.publish(d, &mut pass).await,
+                    Fate::Discard(why) => {
+                        pass.report.discarded += 1;
+                        self.discard(&d, why).await
+                    }
+                    Fate::Wait => {
+                        pass.report.pending += 1;
+                        Ok(())
+                    }
+                };
+                if let Err(e) = visited {
+                    halted = Some(e);
+                    break 'chunks;
+                }
             }
         }
         // In flight entries are settled even after a failure, so that none
@@ -206,28 +287,8 @@ impl Drainer {
         }
     }
 
-    /// One entry: read it, check it is committed, hand it to the producer.
-    /// `Err` halts the pass.
-    async fn visit(
-        &self,
-        entry: &EntryInfo,
-        stored: &mut StoredOffsets<'_>,
-        pass: &mut Pass,
-    ) -> Result<()> {
-        let d = match self.read(&entry.id).await {
-            Ok(Some(d)) => d,
-            // Damaged (now quarantined by the spool) or gone.
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                pass.failure("spool");
-                tracing::warn!(id = %entry.id, error = %e, "cannot read a spooled dead letter");
-                return Ok(());
-            }
-        };
-        if !stored.is_committed(&d).await? {
-            pass.report.pending += 1;
-            return Ok(());
-        }
+    /// Hands one committed entry to the producer. `Err` halts the pass.
+    async fn publish(&self, d: DeadLetter, pass: &mut Pass) -> Result<()> {
         loop {
             if pass.in_flight.len() >= IN_FLIGHT {
                 self.settle_oldest(pass).await?;
@@ -235,7 +296,7 @@ impl Drainer {
             match self.publisher.enqueue(&d) {
                 Ok(delivery) => {
                     pass.in_flight.push_back(InFlight {
-                        id: entry.id.clone(),
+                        letter: d,
                         delivery,
                     });
                     return Ok(());
@@ -244,6 +305,7 @@ impl Drainer {
                 Err(e) if dlq::is_queue_full(&e) && !pass.in_flight.is_empty() => {
                     self.settle_oldest(pass).await?;
                 }
+                Err(e) if dlq::is_record_specific(&e) => return self.set_aside(&d, &e, pass).await,
                 Err(e) => {
                     pass.publish_failed(&d.id, &e);
                     return Ok(());
@@ -261,20 +323,130 @@ impl Drainer {
 
     /// Waits for one acknowledgement; on success the entry leaves the spool.
     async fn settle(&self, in_flight: InFlight, pass: &mut Pass) -> Result<()> {
-        let InFlight { id, delivery } = in_flight;
+        let InFlight { letter, delivery } = in_flight;
         match delivery.acknowledged().await {
             Ok((partition, offset)) => {
                 metrics::counter!(m::DLQ_PUBLISHED).increment(1);
                 pass.report.published += 1;
-                tracing::debug!(%id, partition, offset, "dead letter published");
+                tracing::debug!(id = %letter.id, partition, offset, "dead letter published");
                 // If this fails the entry is published again by a later pass.
-                self.remove(&id).await
+                self.remove(&letter.id).await
             }
+            Err(e) if dlq::is_record_specific(&e) => self.set_aside(&letter, &e, pass).await,
             Err(e) => {
-                pass.publish_failed(&id, &e);
+                pass.publish_failed(&letter.id, &e);
                 Ok(())
             }
         }
+    }
+
+    /// The DLQ topic refuses this dead letter for itself (in practice its
+    /// size): a marker without the value goes out instead, then the entry
+    /// moves, whole, to `oversize/`. A crash in between publishes the marker
+    /// again, with the same id.
+    async fn set_aside(&self, d: &DeadLetter, refused: &Error, pass: &mut Pass) -> Result<()> {
+        let marker = self.publisher.publish_marker(d, &refused.to_string()).await;
+        if let Err(e) = &marker {
+            if !dlq::is_record_specific(e) {
+                // The broker is the problem, not the record: try again later.
+                pass.publish_failed(&d.id, e);
+                return Ok(());
+            }
+            tracing::error!(id = %d.id, error = %e, "the DLQ topic refuses even the marker of this dead letter");
+        }
+        let id = d.id.clone();
+        let moved = self
+            .blocking(move |spool| spool.set_aside_oversize(&id))
+            .await?;
+        pass.report.oversize += 1;
+        metrics::counter!(m::DLQ_OVERSIZE).increment(1);
+        tracing::error!(
+            id = %d.id,
+            bytes = d.payload.len(),
+            refused = %refused,
+            kept_at = %moved.display(),
+            marker_published = marker.is_ok(),
+            "the DLQ topic refuses this dead letter for its size: a marker was published instead, \
+             and the whole record is kept in the spool's oversize/ directory"
+        );
+        Ok(())
+    }
+
+    /// Reads, in one statement per chunk, what PostgreSQL says of each entry.
+    async fn fates(&self, letters: &[DeadLetter]) -> Result<Vec<Fate>> {
+        if letters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SETTLED).await?;
+        let groups: Vec<&str> = letters.iter().map(|d| d.group.as_str()).collect();
+        let topics: Vec<&str> = letters.iter().map(|d| d.topic.as_str()).collect();
+        let partitions: Vec<i32> = letters.iter().map(|d| d.partition).collect();
+        let offsets: Vec<i64> = letters.iter().map(|d| d.offset).collect();
+        let rows = client
+            .query(&stmt, &[&groups, &topics, &partitions, &offsets])
+            .await?;
+        let my_spool = self.spool.id();
+        letters
+            .iter()
+            .zip(&rows)
+            .map(|(d, row)| {
+                let stored: Option<i64> = row.try_get(0)?;
+                let ledger: Option<&str> = row.try_get(1)?;
+                Ok(fate(d, my_spool, stored, ledger))
+            })
+            .collect()
+    }
+
+    /// Entries spooled before the ledger existed, whose offset is already
+    /// past, are recorded in it as this spool's.
+    async fn adopt_legacy(&self, letters: &[DeadLetter]) -> Result<()> {
+        let legacy: Vec<&DeadLetter> = letters.iter().filter(|d| d.spool_id.is_empty()).collect();
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(ADOPT).await?;
+        for d in legacy {
+            let e = ledger_entry(d);
+            let adopted = client
+                .execute(
+                    &stmt,
+                    &[
+                        &d.group,
+                        &d.topic,
+                        &d.partition,
+                        &d.offset,
+                        &e.id,
+                        &e.tenant,
+                        &e.stage,
+                        &e.reason,
+                        &e.error,
+                        &e.sqlstate,
+                        &d.instance,
+                        &self.spool.id(),
+                    ],
+                )
+                .await?;
+            if adopted > 0 {
+                tracing::info!(id = %d.id, "recorded in the dead-letter ledger a dead letter spooled by an earlier release");
+            }
+        }
+        Ok(())
+    }
+
+    async fn discard(&self, d: &DeadLetter, why: &str) -> Result<()> {
+        self.remove(&d.id).await?;
+        metrics::counter!(m::SPOOL_SUPERSEDED).increment(1);
+        tracing::info!(
+            id = %d.id,
+            topic = %d.topic,
+            partition = d.partition,
+            offset = d.offset,
+            why,
+            "discarded a spooled dead letter that will not be published from here"
+        );
+        Ok(())
     }
 
     async fn entries(&self) -> Result<Vec<EntryInfo>> {
@@ -341,7 +513,7 @@ fn pass_failure_cause(e: &Error) -> &'static str {
 }
 
 struct InFlight {
-    id: String,
+    letter: DeadLetter,
     delivery: PendingDelivery,
 }
 
@@ -362,65 +534,8 @@ impl Pass {
 
     fn publish_failed(&mut self, id: &str, e: &Error) {
         self.failure("publish");
-        if dlq::is_record_specific(e) {
-            tracing::error!(id, error = %e, "the DLQ refuses this dead letter; it stays spooled");
-        } else {
-            self.broker_down = true;
-            tracing::debug!(id, error = %e, "dead letter not delivered");
-        }
-    }
-}
-
-/// Stored offsets read during one pass: one query per partition, and one
-/// pooled connection, taken only if some entry needs it. Stored offsets only
-/// move forward, so a value read earlier in the pass can hold an entry back
-/// until the next pass, never publish one too early.
-struct StoredOffsets<'p> {
-    pool: &'p Pool,
-    client: Option<Object>,
-    known: HashMap<(String, String, i32), Option<i64>>,
-}
-
-impl<'p> StoredOffsets<'p> {
-    fn new(pool: &'p Pool) -> Self {
-        StoredOffsets {
-            pool,
-            client: None,
-            known: HashMap::new(),
-        }
-    }
-
-    /// Whether PostgreSQL has committed past the dead letter's message.
-    async fn is_committed(&mut self, d: &DeadLetter) -> Result<bool> {
-        let stored = self.lookup(d).await?;
-        Ok(stored.is_some_and(|next| d.offset < next))
-    }
-
-    /// The stored offset already read for the dead letter's partition.
-    fn known(&self, d: &DeadLetter) -> Option<i64> {
-        self.known
-            .get(&(d.group.clone(), d.topic.clone(), d.partition))
-            .copied()
-            .flatten()
-    }
-
-    async fn lookup(&mut self, d: &DeadLetter) -> Result<Option<i64>> {
-        let cache_key = (d.group.clone(), d.topic.clone(), d.partition);
-        if let Some(stored) = self.known.get(&cache_key) {
-            return Ok(*stored);
-        }
-        let client = match &mut self.client {
-            Some(client) => client,
-            None => self.client.insert(self.pool.get().await?),
-        };
-        let key = PartitionKey {
-            group: &d.group,
-            topic: &d.topic,
-            partition: d.partition,
-        };
-        let stored = offsets::read(&***client, &key).await?;
-        self.known.insert(cache_key, stored);
-        Ok(stored)
+        self.broker_down = true;
+        tracing::debug!(id, error = %e, "dead letter not delivered");
     }
 }
 
@@ -437,15 +552,28 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_failure_halts_the_pass_and_a_record_failure_does_not() {
+    fn a_cluster_failure_halts_the_pass() {
         use rdkafka::error::{KafkaError::MessageProduction, RDKafkaErrorCode};
         let mut pass = Pass::default();
-        let too_big = Error::Kafka(MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
-        pass.publish_failed("a-0-1", &too_big);
-        assert!(!pass.broker_down);
         let timed_out = Error::Kafka(MessageProduction(RDKafkaErrorCode::MessageTimedOut));
         pass.publish_failed("a-0-2", &timed_out);
         assert!(pass.broker_down);
-        assert_eq!(pass.report.failed, 2);
+        assert_eq!(pass.report.failed, 1);
+    }
+
+    #[test]
+    fn the_ledger_decides_each_entry() {
+        let d = DeadLetter {
+            offset: 7,
+            ..DeadLetter::default()
+        };
+        assert_eq!(fate(&d, "me", Some(8), Some("me")), Fate::Publish);
+        assert!(matches!(
+            fate(&d, "me", Some(8), Some("other")),
+            Fate::Discard(_)
+        ));
+        assert!(matches!(fate(&d, "me", Some(8), None), Fate::Discard(_)));
+        assert_eq!(fate(&d, "me", Some(7), None), Fate::Wait);
+        assert_eq!(fate(&d, "me", None, None), Fate::Wait);
     }
 }

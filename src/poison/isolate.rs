@@ -12,19 +12,22 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Pending;
-use crate::error::{Class, Error, Reason, Result};
+use crate::error::{Class, Error, Reason};
 use crate::health::Health;
 use crate::metrics as m;
 use crate::model::DecodedTraces;
 use crate::otlp::spansink::v1::{DeadLetter, Header};
 use crate::pg::offsets::PartitionKey;
-use crate::pg::write::{AfterFailure, WriteBatch, WriteOutcome, WriteStats, Writer};
+use crate::pg::write::{
+    AfterFailure, LedgerEntry, Recorder, WriteBatch, WriteOutcome, WriteStats, Writer,
+};
+use crate::poison::breaker::{Breakers, Probe};
 use crate::poison::record::{dead_letter_id, truncate_error};
 use crate::poison::spool::Spool;
 use crate::retry::Backoff;
@@ -37,6 +40,9 @@ pub struct Ctx<'a> {
     pub instance: &'a str,
     pub stop: &'a CancellationToken,
     pub health: &'a Health,
+    pub breakers: &'a Breakers,
+    /// The batch is the half-open breaker's probe.
+    pub probe: Option<&'a Probe>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
@@ -55,13 +61,16 @@ pub enum Outcome {
     Fenced {
         stored: Option<i64>,
     },
+    /// The circuit breaker opened: what committed stands, nothing more is
+    /// dead-lettered, and the partition resumes from the offset now stored.
+    Halted,
     /// Asked to stop mid-way; what committed is committed, the rest is not.
     Stopped,
     Fatal(Error),
 }
 
-/// One range's transaction, retried while failures are transient.
-enum Range {
+/// What became of one range's transaction, retried while failures are transient.
+enum RangeResult {
     Committed(WriteStats, bool),
     Poison(Error),
     Fenced(Option<i64>),
@@ -78,17 +87,20 @@ pub async fn commit(
     decoded: &[Result<DecodedTraces, Error>],
 ) -> Outcome {
     let mut dead: Vec<(usize, Reason)> = Vec::new();
+    // The ledger rows of the dead letters, by message: a range's transaction
+    // records those of its own messages.
+    let mut ledger: Vec<Option<LedgerEntry>> = vec![None; messages.len()];
     // Known poison (decode and validation) is spooled first, before any
     // transaction can move the offset past it.
     for (i, d) in decoded.iter().enumerate() {
         if let Err(e) = d {
-            if let Err(stop) = spool(ctx, &messages[i], e, Attempts::once()).await {
-                return stop;
+            match spool(ctx, &messages[i], e, Attempts::once()).await {
+                Ok(entry) => ledger[i] = Some(entry),
+                Err(stop) => return stop,
             }
             dead.push((i, e.reason().unwrap_or(Reason::Panic)));
         }
     }
-    let mut poisoned: Vec<bool> = decoded.iter().map(Result::is_err).collect();
     let mut attempts: Vec<Option<Attempts>> = vec![None; messages.len()];
     let mut stats = WriteStats::default();
     let mut unconfirmed = false;
@@ -96,34 +108,35 @@ pub async fn commit(
     let mut pending = vec![(0usize, messages.len())];
     while let Some((lo, hi)) = pending.pop() {
         let rows: Vec<&DecodedTraces> = (lo..hi)
-            .filter(|i| !poisoned[*i])
+            .filter(|i| ledger[*i].is_none())
             .filter_map(|i| decoded[i].as_ref().ok())
             .collect();
+        let dead_letters: Vec<LedgerEntry> = ledger[lo..hi].iter().flatten().cloned().collect();
         let next_offset = messages[hi - 1].offset + 1;
-        match write_range(ctx, *expected, &rows, next_offset).await {
-            Range::Committed(s, lost_ack) => {
+        match write_range(ctx, *expected, &rows, &dead_letters, next_offset).await {
+            RangeResult::Committed(s, lost_ack) => {
                 *expected = Some(next_offset);
                 add(&mut stats, s);
                 unconfirmed |= lost_ack;
             }
-            Range::Poison(err) => {
-                let good: Vec<usize> = (lo..hi).filter(|i| !poisoned[*i]).collect();
+            RangeResult::Poison(err) => {
+                let good: Vec<usize> = (lo..hi).filter(|i| ledger[*i].is_none()).collect();
                 for i in &good {
                     attempts[*i] = Some(Attempts::again(attempts[*i]));
                 }
                 match good.as_slice() {
                     [] => {
                         // Only already-spooled poison left and still refused: the
-                        // offset-only transaction cannot be poison. Treat as a bug.
+                        // offset and ledger transaction cannot be the message's fault.
                         return Outcome::Fatal(err);
                     }
                     [only] => {
                         tracing::warn!(offset = messages[*only].offset, error = %err, "isolated a poison message");
                         let tried = attempts[*only].unwrap_or_else(Attempts::once);
-                        if let Err(stop) = spool(ctx, &messages[*only], &err, tried).await {
-                            return stop;
+                        match spool(ctx, &messages[*only], &err, tried).await {
+                            Ok(entry) => ledger[*only] = Some(entry),
+                            Err(stop) => return stop,
                         }
-                        poisoned[*only] = true;
                         dead.push((*only, err.reason().unwrap_or(Reason::Panic)));
                         // The same range again, now without it: its offset moves on.
                         pending.push((lo, hi));
@@ -135,15 +148,11 @@ pub async fn commit(
                     }
                 }
             }
-            Range::Fenced(stored) => {
-                unspool_uncommitted(ctx, messages, &dead, *expected).await;
-                return Outcome::Fenced { stored };
-            }
-            Range::Stopped => {
-                unspool_uncommitted(ctx, messages, &dead, *expected).await;
-                return Outcome::Stopped;
-            }
-            Range::Fatal(e) => return Outcome::Fatal(e),
+            // Dead letters spooled for this batch and not committed stay in the
+            // spool: the drainer publishes only what the ledger holds.
+            RangeResult::Fenced(stored) => return Outcome::Fenced { stored },
+            RangeResult::Stopped => return Outcome::Stopped,
+            RangeResult::Fatal(e) => return Outcome::Fatal(e),
         }
     }
     dead.sort_unstable_by_key(|(i, _)| *i);
@@ -151,34 +160,6 @@ pub async fn commit(
         stats,
         dead,
         unconfirmed,
-    }
-}
-
-/// This batch rolled back past these dead letters: they will be consumed
-/// again, by this instance or another, and must not be published from here.
-/// (A crash before this cleanup leaves them to the startup check.)
-async fn unspool_uncommitted(
-    ctx: &Ctx<'_>,
-    messages: &[Pending],
-    dead: &[(usize, Reason)],
-    expected: Option<i64>,
-) {
-    let ids: Vec<String> = dead
-        .iter()
-        .map(|(i, _)| messages[*i].offset)
-        .filter(|o| expected.is_none_or(|e| *o >= e))
-        .map(|o| dead_letter_id(ctx.key.group, ctx.key.topic, ctx.key.partition, o))
-        .collect();
-    if ids.is_empty() {
-        return;
-    }
-    let spool = ctx.spool.clone();
-    let removed =
-        tokio::task::spawn_blocking(move || ids.iter().try_for_each(|id| spool.remove(id))).await;
-    if !matches!(removed, Ok(Ok(()))) {
-        tracing::warn!(
-            "cannot remove the dead letters of a rolled-back batch; the startup check will"
-        );
     }
 }
 
@@ -194,8 +175,9 @@ async fn write_range(
     ctx: &Ctx<'_>,
     expected: Option<i64>,
     rows: &[&DecodedTraces],
+    dead_letters: &[LedgerEntry],
     next_offset: i64,
-) -> Range {
+) -> RangeResult {
     let mut backoff = Backoff::new(ctx.retry_initial, ctx.retry_max);
     loop {
         let batch = WriteBatch {
@@ -203,26 +185,31 @@ async fn write_range(
             expected,
             next_offset,
             messages: rows,
+            dead_letters,
+            recorder: Recorder {
+                instance: ctx.instance,
+                spool_id: ctx.spool.id(),
+            },
         };
         let result = AssertUnwindSafe(ctx.writer.write(&batch))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
                 metrics::counter!(m::PANICS).increment(1);
-                Err(Error::Panic(crate::partition::panic_message(&panic)))
+                Err(Error::Panic(crate::error::panic_message(&panic)))
             });
         let err = match result {
-            Ok(WriteOutcome::Committed(stats)) => return Range::Committed(stats, false),
+            Ok(WriteOutcome::Committed(stats)) => return RangeResult::Committed(stats, false),
             // An earlier attempt of this very range committed; its acknowledgement was lost.
             Ok(WriteOutcome::Fenced { stored }) if stored == Some(next_offset) => {
-                return Range::Committed(WriteStats::default(), true)
+                return RangeResult::Committed(WriteStats::default(), true)
             }
-            Ok(WriteOutcome::Fenced { stored }) => return Range::Fenced(stored),
+            Ok(WriteOutcome::Fenced { stored }) => return RangeResult::Fenced(stored),
             Err(e) => e,
         };
         match err.class() {
-            Class::Poison => return Range::Poison(err),
-            Class::Fatal => return Range::Fatal(err),
+            Class::Poison => return RangeResult::Poison(err),
+            Class::Fatal => return RangeResult::Fatal(err),
             Class::Transient => {
                 metrics::counter!(m::TRANSIENT_RETRIES, "kind" => err.transient_kind())
                     .increment(1);
@@ -230,7 +217,7 @@ async fn write_range(
                     .set_pg_down(err.transient_kind().starts_with("pg_"));
                 tracing::warn!(error = %err, "transient failure; backing off and retrying");
                 if backoff.wait(ctx.stop).await.is_err() {
-                    return Range::Stopped;
+                    return RangeResult::Stopped;
                 }
                 match ctx
                     .writer
@@ -238,9 +225,9 @@ async fn write_range(
                     .await
                 {
                     Ok(AfterFailure::AlreadyCommitted) => {
-                        return Range::Committed(WriteStats::default(), true)
+                        return RangeResult::Committed(WriteStats::default(), true)
                     }
-                    Ok(AfterFailure::Fenced { stored }) => return Range::Fenced(stored),
+                    Ok(AfterFailure::Fenced { stored }) => return RangeResult::Fenced(stored),
                     Ok(AfterFailure::NotCommitted) | Err(_) => {}
                 }
             }
@@ -249,13 +236,17 @@ async fn write_range(
 }
 
 /// Writes one poison message to the spool, durably, retrying while the disk
-/// is the problem (a full disk pauses; it never drops).
+/// is the problem (a full disk pauses; it never drops), once the circuit
+/// breaker agrees that it may be dead-lettered. Returns its ledger row.
 pub async fn spool(
     ctx: &Ctx<'_>,
     message: &Pending,
     err: &Error,
     attempts: Attempts,
-) -> std::result::Result<(), Outcome> {
+) -> std::result::Result<LedgerEntry, Outcome> {
+    if !ctx.breakers.poison(ctx.key.topic, ctx.probe) {
+        return Err(Outcome::Halted);
+    }
     let dead_letter = dead_letter(ctx, message, err, attempts);
     let mut backoff = Backoff::new(ctx.retry_initial, ctx.retry_max);
     loop {
@@ -269,7 +260,7 @@ pub async fn spool(
                     "stage" => reason.stage(), "reason" => reason.as_str())
                 .increment(1);
                 tracing::warn!(offset = message.offset, reason = %reason, error = %err, id = %dead_letter.id, "dead-lettered");
-                return Ok(());
+                return Ok(ledger_entry(&dead_letter));
             }
             Ok(Err(e)) => {
                 metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind()).increment(1);
@@ -285,6 +276,21 @@ pub async fn spool(
     }
 }
 
+/// The ledger row of a dead letter. PostgreSQL text refuses NUL, which an
+/// error text quoting the input may hold.
+pub fn ledger_entry(d: &DeadLetter) -> LedgerEntry {
+    let text = |s: &str| s.replace('\0', "\u{fffd}");
+    LedgerEntry {
+        offset: d.offset,
+        id: d.id.clone(),
+        tenant: text(d.tenant.as_deref().unwrap_or_default()),
+        stage: text(&d.stage),
+        reason: text(&d.reason),
+        error: text(&d.error),
+        sqlstate: d.sqlstate.as_deref().map(text),
+    }
+}
+
 /// How often one message was tried, and since when it fails.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempts {
@@ -296,7 +302,7 @@ impl Attempts {
     pub fn once() -> Self {
         Attempts {
             count: 1,
-            first_failure_unix_ms: crate::partition::unix_millis(SystemTime::now()),
+            first_failure_unix_ms: crate::clock::now_millis(),
         }
     }
 
@@ -350,5 +356,6 @@ pub fn dead_letter(
         first_failure_unix_ms: attempts.first_failure_unix_ms,
         instance: ctx.instance.to_string(),
         version: crate::VERSION.to_string(),
+        spool_id: ctx.spool.id().to_string(),
     }
 }

@@ -18,10 +18,16 @@
 //! | n     | body: the `DeadLetter` protobuf           |
 //!
 //! A damaged entry is moved to `quarantine/`, never deleted: it may hold the
-//! only copy of a message.
+//! only copy of a message. An entry the DLQ topic refuses for its size is
+//! moved to `oversize/` once a marker for it is published.
 //!
-//! Every call blocks on the filesystem; async callers use `spawn_blocking`.
-//! One process owns a spool directory; concurrent calls from its tasks are safe.
+//! One process owns a spool directory: `open` takes an exclusive lock on
+//! `.lock` inside it, held until the spool is dropped, so that a second
+//! process (an instance or `spansink spool drain`) refuses to start on it
+//! rather than publish or discard entries behind the owner's back. The
+//! spool's id (`spool.id`, made at first open) names it in the dead-letter
+//! ledger. Every call blocks on the filesystem; async callers use
+//! `spawn_blocking`. Concurrent calls from the owner's tasks are safe.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,6 +56,9 @@ const MAX_ID_LEN: usize = 200;
 const ENTRY_SUFFIX: &str = ".dl";
 const TMP_SUFFIX: &str = ".tmp";
 const QUARANTINE_DIR: &str = "quarantine";
+const OVERSIZE_DIR: &str = "oversize";
+const LOCK_FILE: &str = ".lock";
+const ID_FILE: &str = "spool.id";
 
 /// Makes each temporary file name unique, so that two tasks spooling the same
 /// dead letter at once never write into one file.
@@ -193,6 +202,10 @@ pub struct Spool {
     /// Inspection only: nothing is created, removed or quarantined.
     read_only: bool,
     index: Mutex<Index>,
+    /// Names this spool in the dead-letter ledger; empty when read-only and never written.
+    id: String,
+    /// Held for the spool's life: the directory's exclusive lock.
+    _lock: Option<File>,
 }
 
 impl Spool {
@@ -201,20 +214,24 @@ impl Spool {
     /// `quarantine/`, counted and logged, and never blocks opening.
     pub fn open(config: SpoolConfig) -> Result<Spool> {
         let quarantine = config.dir.join(QUARANTINE_DIR);
-        for dir in [&config.dir, &quarantine] {
+        for dir in [&config.dir, &quarantine, &config.dir.join(OVERSIZE_DIR)] {
             fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
+        let lock = lock_dir(&config.dir)?;
         // The directories themselves must survive a crash before any entry in them can.
         sync_dir(&config.dir)?;
         if let Some(parent) = parent_dir(&config.dir) {
             sync_dir(parent)?;
         }
+        let id = read_or_make_id(&config.dir)?;
         let spool = Spool {
             config,
             quarantine,
             read_only: false,
             index: Mutex::new(Index::default()),
+            id,
+            _lock: Some(lock),
         };
         spool.recover()?;
         spool.record_capacity();
@@ -234,6 +251,10 @@ impl Spool {
             quarantine: dir.join(QUARANTINE_DIR),
             read_only: true,
             index: Mutex::new(Index::default()),
+            id: read_id(dir)
+                .map_err(|e| io_at(&dir.join(ID_FILE), e))?
+                .unwrap_or_default(),
+            _lock: None,
         };
         let mut index = Index::default();
         for name in spool.entry_names()? {
@@ -385,6 +406,32 @@ impl Spool {
         &self.config.dir
     }
 
+    /// The spool's id, as the dead-letter ledger names it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Moves an entry the DLQ topic refuses for its size to `oversize/`, where
+    /// an operator finds it whole (`spansink replay --from-spool <dir>/oversize`),
+    /// once a marker for it is published. It no longer counts in the spool.
+    pub fn set_aside_oversize(&self, id: &str) -> Result<PathBuf> {
+        self.writable("set aside")?;
+        check_id(id)?;
+        let dir = self.config.dir.join(OVERSIZE_DIR);
+        let to = dir.join(entry_name(id));
+        let from = self.entry_path(id);
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(to),
+            Err(e) => return Err(io_at(&from, e)),
+        }
+        sync_dir(&dir)?;
+        sync_dir(&self.config.dir)?;
+        self.lock().remove(id);
+        self.record_metrics();
+        Ok(to)
+    }
+
     fn record_capacity(&self) {
         metrics::gauge!(m::SPOOL_CAPACITY_ENTRIES).set(self.config.max_entries as f64);
         metrics::gauge!(m::SPOOL_CAPACITY_BYTES).set(self.config.max_bytes as f64);
@@ -406,6 +453,9 @@ impl Spool {
                 tracing::warn!(file = ?entry.file_name(), "ignoring a spool file with a non-UTF-8 name");
                 continue;
             };
+            if name == LOCK_FILE || name == ID_FILE {
+                continue;
+            }
             if is_tmp_name(&name) {
                 // A put that never reached its rename: its poison was not yet
                 // acknowledged as spooled, so the offset did not move past it.
@@ -506,6 +556,53 @@ impl Spool {
     fn lock(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Takes the directory's exclusive lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_at(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::config(
+            "--spool-dir",
+            format!(
+                "{} is in use by another spansink process; each instance needs a spool directory of its own",
+                dir.display()
+            ),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(io_at(&path, e)),
+    }
+}
+
+/// The spool's id, if it has one.
+fn read_id(dir: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(dir.join(ID_FILE)) {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The spool's id; made, durably, at its first open.
+fn read_or_make_id(dir: &Path) -> Result<String> {
+    let path = dir.join(ID_FILE);
+    if let Some(id) = read_id(dir).map_err(|e| io_at(&path, e))? {
+        return Ok(id);
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    let tmp = dir.join(format!(".{ID_FILE}{TMP_SUFFIX}"));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, id.as_bytes())
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|e| io_at(&path, e))?;
+    sync_dir(dir)?;
+    Ok(id)
 }
 
 fn entry_name(id: &str) -> String {

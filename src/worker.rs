@@ -4,15 +4,20 @@
 //! parallel. The worker knows the offset PostgreSQL holds for its partition
 //! (`expected`), and every batch moves it with a fence in the same transaction
 //! as the batch's rows. Only after that commit does it commit to Kafka.
+//!
+//! The coordinator starts a worker once the partition's previous worker has
+//! ended, and it is the only one: [`LiveWorkers`] counts them and reports any
+//! overlap.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -20,17 +25,21 @@ use crate::batch::{Batch, BatchLimits, Pending};
 use crate::config::Encoding;
 use crate::decode::{self, Limits};
 use crate::error::{Error, Reason};
-use crate::kafka::commit::Lease;
+use crate::health::Health;
+use crate::kafka::commit::{self, Ownership};
 use crate::kafka::consume::Consumer;
-use crate::kafka::rebalance::Context;
+use crate::kafka::lag::Lag;
+use crate::kafka::rebalance::{Context, TopicPartition};
 use crate::metrics as m;
 use crate::model::{DecodedTraces, Sanitized};
 use crate::pg::offsets::PartitionKey;
-use crate::pg::write::WriteStats;
-use crate::pipeline::Pipeline;
-use crate::poison::breaker::Verdict;
+use crate::pg::write::{WriteStats, Writer};
+use crate::poison::breaker::{Admission, Breakers, Probe};
+use crate::poison::crashguard::{CrashGuard, InFlight};
 use crate::poison::isolate;
+use crate::poison::spool::Spool;
 use crate::retry::Backoff;
+use crate::shutdown::Stopper;
 
 /// Gaps this small are what transaction markers leave; larger ones come from
 /// compaction, retention or a reset, and are worth a warning.
@@ -40,11 +49,16 @@ const KNOWN_GAP: i64 = 2;
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
 ) -> crate::error::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(Error::Panic(e.to_string())))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        // A bug in spool or crash-guard code, never the message's fault.
+        Err(Error::io(
+            "spool directory",
+            std::io::Error::other(e.to_string()),
+        ))
+    })
 }
 
+/// How a worker decodes and batches.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub group: String,
@@ -58,17 +72,148 @@ pub struct WorkerSettings {
     pub fault_abort_marker: Option<String>,
 }
 
+/// The memory budget for batches, in KiB (semaphore permits are u32).
+#[derive(Debug)]
+pub struct Budget {
+    semaphore: Arc<Semaphore>,
+    kib: u32,
+}
+
+impl Budget {
+    pub fn new(bytes: usize) -> Self {
+        let kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
+        Budget {
+            semaphore: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+
+    fn permits_for(&self, bytes: usize) -> u32 {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        kib.clamp(1, self.kib)
+    }
+
+    fn record(&self) {
+        let free = self.semaphore.available_permits() as f64;
+        let used = (f64::from(self.kib) - free).max(0.0) * 1024.0;
+        metrics::gauge!(m::INFLIGHT_BYTES).set(used);
+    }
+}
+
+/// Counts the live workers of each partition: the coordinator's promise is at
+/// most one, and this is where a broken promise would show.
+#[derive(Debug, Default)]
+pub struct LiveWorkers {
+    live: Mutex<HashMap<TopicPartition, usize>>,
+}
+
+/// One live worker; dropping it (the task ended or was aborted) ends it.
+#[derive(Debug)]
+pub struct Alive<'a> {
+    workers: &'a LiveWorkers,
+    partition: TopicPartition,
+}
+
+impl LiveWorkers {
+    fn enter(&self, topic: &str, partition: i32) -> Alive<'_> {
+        let key = (topic.to_string(), partition);
+        let n = {
+            let mut live = self.lock();
+            let n = live.entry(key.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if n > 1 {
+            metrics::counter!(m::PARTITION_WORKER_OVERLAPS).increment(1);
+            tracing::error!(
+                topic,
+                partition,
+                live = n,
+                "two workers of one partition are alive: a bug; its offsets are still fenced"
+            );
+        }
+        Self::publish(&key, n);
+        Alive {
+            workers: self,
+            partition: key,
+        }
+    }
+
+    /// Live workers of a partition.
+    pub fn count(&self, topic: &str, partition: i32) -> usize {
+        self.lock()
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn publish(key: &TopicPartition, n: usize) {
+        let labels = [("topic", key.0.clone()), ("partition", key.1.to_string())];
+        metrics::gauge!(m::PARTITION_WORKERS, &labels).set(n as f64);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, usize>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        let mut live = self.workers.lock();
+        let n = live.get(&self.partition).copied().unwrap_or(1) - 1;
+        if n == 0 {
+            live.remove(&self.partition);
+        } else {
+            live.insert(self.partition.clone(), n);
+        }
+        LiveWorkers::publish(&self.partition, n);
+    }
+}
+
+/// What every worker uses, shared.
+pub struct Shared {
+    pub settings: WorkerSettings,
+    pub writer: Arc<Writer>,
+    pub spool: Arc<Spool>,
+    pub crash_guard: Arc<CrashGuard>,
+    pub breakers: Arc<Breakers>,
+    pub budget: Budget,
+    pub lag: Arc<Lag>,
+    pub health: Arc<Health>,
+    /// Names this instance in dead letters and the ledger.
+    pub instance: String,
+    /// Poked after a commit that dead-lettered something, so the drainer publishes it.
+    pub dlq_wake: Arc<Notify>,
+    pub stopper: Stopper,
+    pub live: LiveWorkers,
+}
+
+/// One partition as its worker is given it.
+pub struct Assigned {
+    pub consumer: Arc<Consumer>,
+    pub queue: StreamPartitionQueue<Context>,
+    pub topic: String,
+    pub partition: i32,
+    pub encoding: Encoding,
+    /// What PostgreSQL held when the partition was assigned.
+    pub stored: Option<i64>,
+    pub owned: Ownership,
+    pub stop: CancellationToken,
+}
+
 enum Flow {
     Continue,
     Stop,
 }
 
 pub struct PartitionWorker {
-    pipeline: Arc<Pipeline>,
+    shared: Arc<Shared>,
     consumer: Arc<Consumer>,
     queue: StreamPartitionQueue<Context>,
-    lease: Lease,
+    topic: String,
+    partition: i32,
     encoding: Encoding,
+    owned: Ownership,
     /// The partition's offset in PostgreSQL as this worker last read or wrote it.
     expected: Option<i64>,
     stop: CancellationToken,
@@ -79,27 +224,21 @@ pub struct PartitionWorker {
 }
 
 impl PartitionWorker {
-    pub fn new(
-        pipeline: Arc<Pipeline>,
-        consumer: Arc<Consumer>,
-        queue: StreamPartitionQueue<Context>,
-        lease: Lease,
-        encoding: Encoding,
-        expected: Option<i64>,
-        stop: CancellationToken,
-    ) -> Self {
+    pub fn new(shared: Arc<Shared>, assigned: Assigned) -> Self {
         let labels = [
-            ("topic", lease.topic.clone()),
-            ("partition", lease.partition.to_string()),
+            ("topic", assigned.topic.clone()),
+            ("partition", assigned.partition.to_string()),
         ];
         PartitionWorker {
-            pipeline,
-            consumer,
-            queue,
-            lease,
-            encoding,
-            expected,
-            stop,
+            shared,
+            consumer: assigned.consumer,
+            queue: assigned.queue,
+            topic: assigned.topic,
+            partition: assigned.partition,
+            encoding: assigned.encoding,
+            owned: assigned.owned,
+            expected: assigned.stored,
+            stop: assigned.stop,
             carry: None,
             paused: false,
             labels,
@@ -107,6 +246,15 @@ impl PartitionWorker {
     }
 
     pub async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let _alive = shared.live.enter(&self.topic, self.partition);
+        // A worker that ended paused would leave the partition paused: assignment
+        // clears only librdkafka's own pause, not the application's.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "cannot resume the assigned partition");
+        }
         loop {
             let batch = self.collect().await;
             if !batch.is_empty() {
@@ -119,13 +267,13 @@ impl PartitionWorker {
             }
         }
         self.final_commit().await;
-        tracing::debug!(topic = %self.lease.topic, partition = self.lease.partition, "worker stopped");
+        tracing::debug!(topic = %self.topic, partition = self.partition, "worker stopped");
     }
 
     /// Fills one batch: until it is full, its linger runs out, or the worker is
     /// asked to stop (then what was collected is still written).
     async fn collect(&mut self) -> Batch {
-        let limits = self.pipeline.settings.batch;
+        let limits = self.shared.settings.batch;
         let mut batch = Batch::new();
         if let Some(p) = self.carry.take() {
             let permit = self.reserve_blocking(p.payload.len()).await;
@@ -143,7 +291,7 @@ impl PartitionWorker {
                 received = self.queue.recv() => match received {
                     Ok(msg) => self.admit(&msg),
                     Err(e) => {
-                        tracing::warn!(error = %e, topic = %self.lease.topic, partition = self.lease.partition, "fetch error");
+                        tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "fetch error");
                         None
                     }
                 },
@@ -166,8 +314,8 @@ impl PartitionWorker {
         batch
     }
 
-    /// Copies one message out of librdkafka and decodes it; `None` for a message
-    /// below the stored offset, which is already committed.
+    /// Copies one message out of librdkafka; `None` for a message below the
+    /// stored offset, which is already committed.
     fn admit(&self, msg: &BorrowedMessage<'_>) -> Option<Pending> {
         let offset = msg.offset();
         let payload = msg.payload().unwrap_or_default();
@@ -176,12 +324,12 @@ impl PartitionWorker {
         if let Some(expected) = self.expected {
             if offset < expected {
                 metrics::counter!(m::MESSAGES_BELOW_STORED_OFFSET, &self.labels).increment(1);
-                tracing::warn!(topic = %self.lease.topic, partition = self.lease.partition, offset, stored = expected,
+                tracing::warn!(topic = %self.topic, partition = self.partition, offset, stored = expected,
                     "message below the stored offset skipped as already committed (was the topic recreated?)");
                 return None;
             }
         }
-        let settings = &self.pipeline.settings;
+        let settings = &self.shared.settings;
         let mut headers = Vec::new();
         let mut tenant_header = None;
         if let Some(hs) = msg.headers() {
@@ -205,39 +353,30 @@ impl PartitionWorker {
         })
     }
 
-    fn permits_for(&self, bytes: usize) -> u32 {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        kib.clamp(1, self.pipeline.budget_kib)
-    }
-
     fn try_reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let n = self.permits_for(bytes);
-        let permit = self.pipeline.budget.clone().try_acquire_many_owned(n).ok();
-        self.record_inflight();
+        let budget = &self.shared.budget;
+        let n = budget.permits_for(bytes);
+        let permit = budget.semaphore.clone().try_acquire_many_owned(n).ok();
+        budget.record();
         permit
     }
 
     /// Waits for budget with fetching paused, so that librdkafka stops fetching
-    /// this partition while the main loop keeps polling.
+    /// this partition while the main queue keeps being polled.
     async fn reserve_blocking(&mut self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         if let Some(p) = self.try_reserve(bytes) {
             return Some(p);
         }
-        let n = self.permits_for(bytes);
+        let budget = Arc::clone(&self.shared);
+        let n = budget.budget.permits_for(bytes);
         self.set_paused(true);
         let permit = tokio::select! {
-            p = self.pipeline.budget.clone().acquire_many_owned(n) => p.ok(),
+            p = budget.budget.semaphore.clone().acquire_many_owned(n) => p.ok(),
             _ = self.stop.cancelled() => None,
         };
         self.set_paused(false);
-        self.record_inflight();
+        budget.budget.record();
         permit
-    }
-
-    fn record_inflight(&self) {
-        let free = self.pipeline.budget.available_permits() as f64;
-        let used = (f64::from(self.pipeline.budget_kib) - free).max(0.0) * 1024.0;
-        metrics::gauge!(m::INFLIGHT_BYTES).set(used);
     }
 
     fn set_paused(&mut self, paused: bool) {
@@ -245,7 +384,7 @@ impl PartitionWorker {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.lease.topic, self.lease.partition);
+        tpl.add_partition(&self.topic, self.partition);
         let result = if paused {
             self.consumer.pause(&tpl)
         } else {
@@ -263,9 +402,9 @@ impl PartitionWorker {
 
     fn key(&self) -> PartitionKey<'_> {
         PartitionKey {
-            group: &self.pipeline.settings.group,
-            topic: &self.lease.topic,
-            partition: self.lease.partition,
+            group: &self.shared.settings.group,
+            topic: &self.topic,
+            partition: self.partition,
         }
     }
 
@@ -275,36 +414,41 @@ impl PartitionWorker {
         let (Some(first), Some(next_offset)) = (batch.first_offset(), batch.next_offset()) else {
             return Flow::Continue;
         };
-        let span = tracing::info_span!("batch", topic = %self.lease.topic, partition = self.lease.partition,
+        let span = tracing::info_span!("batch", topic = %self.topic, partition = self.partition,
             first_offset = first, last_offset = next_offset - 1, tenants = batch.tenant_count());
         self.write(batch, first, next_offset).instrument(span).await
     }
 
     async fn write(&mut self, batch: Batch, first: i64, next_offset: i64) -> Flow {
         self.note_gap(first);
-        self.pipeline.lag.pending(
-            &self.lease.topic,
-            self.lease.partition,
-            batch.first_timestamp_ms(),
-        );
+        self.shared
+            .lag
+            .pending(&self.topic, self.partition, batch.first_timestamp_ms());
         if let Flow::Stop = self.wait_for_spool_room().await {
             return Flow::Stop;
         }
-        let threshold = self.pipeline.crash_guard.threshold();
-        let Some(crashes) = self.guard_begin(first, next_offset - 1).await else {
+        let probe = match self.wait_for_breaker().await {
+            Some(probe) => probe,
+            None => return Flow::Stop,
+        };
+        let threshold = self.shared.crash_guard.threshold();
+        let Some(mut in_flight) = self.guard_begin(first, next_offset - 1).await else {
             return Flow::Stop;
         };
         let started = Instant::now();
+        let crashes = in_flight.crashes();
         let flow = if crashes < threshold {
-            self.write_messages(&batch.messages, started).await
+            self.write_messages(&batch.messages, &mut in_flight, probe.as_ref(), started)
+                .await
         } else {
-            metrics::counter!(m::CRASH_GUARD_RANGES, "topic" => self.lease.topic.clone())
-                .increment(1);
+            metrics::counter!(m::CRASH_GUARD_RANGES, "topic" => self.topic.clone()).increment(1);
             tracing::warn!(crashes, "the process died while this range was in flight: processing it one message at a time");
-            self.write_one_by_one(&batch.messages).await
+            // The batch's record stays in flight meanwhile: the first message's own
+            // record takes its crash counts over, convicting only a message that
+            // killed the process alone.
+            self.write_one_by_one(&batch.messages, probe.as_ref()).await
         };
-        // Returning at all means the process survived the batch, whatever its outcome.
-        self.guard_end().await;
+        drop(in_flight);
         if self.expected == Some(next_offset) {
             self.committed(&batch, next_offset);
         }
@@ -313,28 +457,35 @@ impl PartitionWorker {
 
     /// The range killed the process before: each message alone, each guarded,
     /// and a message that killed it `threshold` times is dead-lettered unread.
-    async fn write_one_by_one(&mut self, messages: &[Pending]) -> Flow {
+    async fn write_one_by_one(&mut self, messages: &[Pending], probe: Option<&Probe>) -> Flow {
         for message in messages {
             if self.expected.is_some_and(|e| message.offset < e) {
                 continue;
             }
-            let threshold = self.pipeline.crash_guard.threshold();
-            let Some(crashes) = self.guard_begin(message.offset, message.offset).await else {
+            let threshold = self.shared.crash_guard.threshold();
+            let Some(mut in_flight) = self.guard_begin(message.offset, message.offset).await else {
                 return Flow::Stop;
             };
+            let crashes = in_flight.crashes();
             let one = std::slice::from_ref(message);
             let flow = if crashes >= threshold {
                 let err = Error::input(
                     Reason::CrashLoop,
                     format!("the process died {crashes} times while this message alone was being processed"),
                 );
-                self.commit_decoded(one, vec![Err(err)], Instant::now())
+                in_flight.set_waiting(true);
+                self.commit_decoded(one, vec![Err(err)], probe, Instant::now())
                     .await
             } else {
-                self.write_messages(one, Instant::now()).await
+                self.write_messages(one, &mut in_flight, probe, Instant::now())
+                    .await
             };
             if let Flow::Stop = flow {
                 return Flow::Stop;
+            }
+            if self.expected.is_none_or(|e| e <= message.offset) {
+                // Fenced or halted: the partition rewound; the rest comes again.
+                return Flow::Continue;
             }
         }
         Flow::Continue
@@ -343,20 +494,20 @@ impl PartitionWorker {
     /// Records the range with the crash guard, retrying while the spool
     /// directory cannot be written (a full disk pauses, it never skips the
     /// guard). `None` when asked to stop meanwhile.
-    async fn guard_begin(&self, first: i64, last: i64) -> Option<u32> {
+    async fn guard_begin(&self, first: i64, last: i64) -> Option<InFlight> {
         let mut backoff = Backoff::new(
-            self.pipeline.settings.retry_initial,
-            self.pipeline.settings.retry_max,
+            self.shared.settings.retry_initial,
+            self.shared.settings.retry_max,
         );
         loop {
-            let guard = self.pipeline.crash_guard.clone();
+            let guard = self.shared.crash_guard.clone();
             let (group, topic, partition) = (
-                self.pipeline.settings.group.clone(),
-                self.lease.topic.clone(),
-                self.lease.partition,
+                self.shared.settings.group.clone(),
+                self.topic.clone(),
+                self.partition,
             );
             match blocking(move || guard.begin(&group, &topic, partition, first, last)).await {
-                Ok(crashes) => return Some(crashes),
+                Ok(in_flight) => return Some(in_flight),
                 Err(e) => {
                     metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind())
                         .increment(1);
@@ -367,62 +518,55 @@ impl PartitionWorker {
         }
     }
 
-    /// The range is over (committed, dead-lettered, fenced or stopped): the
-    /// process survived it. Not retried: a lost end costs one crash counted
-    /// in excess, never a message.
-    async fn guard_end(&self) {
-        let guard = self.pipeline.crash_guard.clone();
-        let (group, topic, partition) = (
-            self.pipeline.settings.group.clone(),
-            self.lease.topic.clone(),
-            self.lease.partition,
-        );
-        if let Err(e) = blocking(move || guard.end(&group, &topic, partition)).await {
-            tracing::warn!(error = %e, "cannot clear the batch's crash-guard record");
-        }
-    }
-
-    async fn write_messages(&mut self, messages: &[Pending], started: Instant) -> Flow {
+    /// Decodes (the work a poison message could crash), then waits on
+    /// PostgreSQL, which the crash guard does not hold against the range.
+    async fn write_messages(
+        &mut self,
+        messages: &[Pending],
+        in_flight: &mut InFlight,
+        probe: Option<&Probe>,
+        started: Instant,
+    ) -> Flow {
         let decoded: Vec<_> = messages.iter().map(|m| self.decode(m)).collect();
-        self.commit_decoded(messages, decoded, started).await
+        in_flight.set_waiting(true);
+        self.commit_decoded(messages, decoded, probe, started).await
     }
 
     async fn commit_decoded(
         &mut self,
         messages: &[Pending],
         decoded: Vec<Result<DecodedTraces, Error>>,
+        probe: Option<&Probe>,
         started: Instant,
     ) -> Flow {
-        let known_poison = decoded.iter().filter(|d| d.is_err()).count();
-        if let Flow::Stop = self.wait_for_breaker(known_poison, messages.len()).await {
-            return Flow::Stop;
-        }
+        let shared = Arc::clone(&self.shared);
         let key = self.key();
         let ctx = isolate::Ctx {
-            writer: &self.pipeline.writer,
+            writer: &shared.writer,
             key,
-            spool: &self.pipeline.spool,
-            instance: &self.pipeline.instance,
+            spool: &shared.spool,
+            instance: &shared.instance,
             stop: &self.stop,
-            health: &self.pipeline.health,
-            retry_initial: self.pipeline.settings.retry_initial,
-            retry_max: self.pipeline.settings.retry_max,
+            health: &shared.health,
+            breakers: &shared.breakers,
+            probe,
+            retry_initial: shared.settings.retry_initial,
+            retry_max: shared.settings.retry_max,
         };
         let mut expected = self.expected;
         let outcome = isolate::commit(&ctx, &mut expected, messages, &decoded).await;
         self.expected = expected;
-        let topic = self.lease.topic.clone();
         match outcome {
             isolate::Outcome::Done {
                 stats,
                 dead,
                 unconfirmed,
             } => {
-                self.pipeline
+                shared
                     .breakers
-                    .record(&topic, dead.len(), messages.len());
+                    .good(&self.topic, messages.len() - dead.len(), probe);
                 if !dead.is_empty() {
-                    self.pipeline.dlq_wake.notify_one();
+                    shared.dlq_wake.notify_one();
                 }
                 if unconfirmed {
                     tracing::info!("a transaction had committed before its connection dropped");
@@ -431,16 +575,20 @@ impl PartitionWorker {
                 Flow::Continue
             }
             isolate::Outcome::Fenced { stored } => {
-                self.pipeline.breakers.abandon_probe(&topic);
-                self.fenced(stored).await
+                metrics::counter!(m::OFFSET_FENCE_CONFLICTS, &self.labels).increment(1);
+                tracing::warn!(expected = ?self.expected, stored = ?stored, "offset fence lost: another writer moved this partition; resuming from the stored offset");
+                self.rewind(stored).await
             }
-            isolate::Outcome::Stopped => {
-                self.pipeline.breakers.abandon_probe(&topic);
-                Flow::Stop
+            isolate::Outcome::Halted => {
+                // Pieces that committed stand; the rest is consumed again once the
+                // breaker lets it through.
+                shared.dlq_wake.notify_one();
+                tracing::warn!(stored = ?self.expected, "circuit breaker open: rewinding the partition to its stored offset");
+                self.rewind(self.expected).await
             }
+            isolate::Outcome::Stopped => Flow::Stop,
             isolate::Outcome::Fatal(e) => {
-                self.pipeline.breakers.abandon_probe(&topic);
-                self.pipeline.fail(e);
+                shared.stopper.fail(e);
                 Flow::Stop
             }
         }
@@ -457,7 +605,7 @@ impl PartitionWorker {
                 ))
             }
         };
-        let settings = &self.pipeline.settings;
+        let settings = &self.shared.settings;
         if let Some(marker) = &settings.fault_abort_marker {
             if !marker.is_empty()
                 && message
@@ -479,19 +627,19 @@ impl PartitionWorker {
         }))
         .unwrap_or_else(|panic| {
             metrics::counter!(m::PANICS).increment(1);
-            Err(Error::Panic(panic_message(&panic)))
+            Err(Error::Panic(crate::error::panic_message(&panic)))
         })
     }
 
     /// While the spool is full, consumption pauses: nothing is ever dropped.
     async fn wait_for_spool_room(&mut self) -> Flow {
-        if !self.pipeline.spool.is_full() {
+        if !self.shared.spool.is_full() {
             return Flow::Continue;
         }
         tracing::warn!("spool full: pausing until the DLQ drains it");
         self.set_paused(true);
-        while self.pipeline.spool.is_full() {
-            self.pipeline.dlq_wake.notify_one();
+        while self.shared.spool.is_full() {
+            self.shared.dlq_wake.notify_one();
             tokio::select! {
                 _ = self.stop.cancelled() => return Flow::Stop,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -501,22 +649,20 @@ impl PartitionWorker {
         Flow::Continue
     }
 
-    /// While the topic's breaker is open, nothing is dead-lettered or committed.
-    async fn wait_for_breaker(&mut self, poison: usize, total: usize) -> Flow {
+    /// While the topic's breaker is open, the partition pauses: nothing is
+    /// dead-lettered or committed. `Some(probe)` when this batch probes the
+    /// half-open breaker; `None` when asked to stop meanwhile.
+    async fn wait_for_breaker(&mut self) -> Option<Option<Probe>> {
         loop {
-            match self
-                .pipeline
-                .breakers
-                .check(&self.lease.topic, poison, total)
-            {
-                Verdict::Proceed => {
+            match self.shared.breakers.admit(&self.topic) {
+                Admission::Proceed(probe) => {
                     self.set_paused(false);
-                    return Flow::Continue;
+                    return Some(probe);
                 }
-                Verdict::Wait(delay) => {
+                Admission::Wait(delay) => {
                     self.set_paused(true);
                     tokio::select! {
-                        _ = self.stop.cancelled() => return Flow::Stop,
+                        _ = self.stop.cancelled() => return None,
                         _ = tokio::time::sleep(delay.min(Duration::from_secs(1))) => {}
                     }
                 }
@@ -557,8 +703,8 @@ impl PartitionWorker {
         stats: WriteStats,
         took: Duration,
     ) {
-        self.pipeline.health.set_pg_down(false);
-        let topic = [("topic", self.lease.topic.clone())];
+        self.shared.health.set_pg_down(false);
+        let topic = [("topic", self.topic.clone())];
         metrics::counter!(m::BATCHES_COMMITTED, &topic).increment(1);
         metrics::counter!(m::SPANS_WRITTEN, &topic).increment(stats.spans_inserted);
         metrics::counter!(m::SPANS_DUPLICATE, &topic).increment(stats.spans_duplicate);
@@ -595,39 +741,40 @@ impl PartitionWorker {
 
     /// The whole batch is committed (or dead-lettered): latency, lag, Kafka.
     fn committed(&mut self, batch: &Batch, next_offset: i64) {
-        let now_ms = unix_millis(SystemTime::now());
+        let now_ms = crate::clock::now_millis();
         let mut newest = None;
         for ts in batch.messages.iter().filter_map(|p| p.timestamp_ms) {
-            let latency = (now_ms - ts).max(0) as f64 / 1000.0;
-            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS).record(latency);
+            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS)
+                .record(crate::clock::age_seconds(now_ms, ts));
             newest = newest.max(Some(ts));
         }
-        self.pipeline
+        self.shared
             .lag
-            .committed(&self.lease.topic, self.lease.partition, next_offset, newest);
-        self.pipeline.assignments.commit(
+            .committed(&self.topic, self.partition, next_offset, newest);
+        commit::commit(
             &self.consumer,
-            &self.lease,
+            &self.owned,
+            &self.topic,
+            self.partition,
             next_offset,
             CommitMode::Async,
         );
     }
 
-    /// Another writer moved the partition's offset: this worker's view is stale.
-    /// Drop in-flight work and continue from what PostgreSQL holds.
-    async fn fenced(&mut self, stored: Option<i64>) -> Flow {
-        metrics::counter!(m::OFFSET_FENCE_CONFLICTS, &self.labels).increment(1);
-        tracing::warn!(expected = ?self.expected, stored = ?stored, "offset fence lost: another writer moved this partition; resuming from the stored offset");
+    /// Continues from what PostgreSQL holds: after a lost fence (another
+    /// writer moved the offset) or a breaker that opened mid-batch. Drops what
+    /// was fetched beyond it.
+    async fn rewind(&mut self, stored: Option<i64>) -> Flow {
         self.carry = None;
         self.expected = stored;
         if let Some(next) = stored {
-            self.pipeline
+            self.shared
                 .lag
-                .committed(&self.lease.topic, self.lease.partition, next, None);
+                .committed(&self.topic, self.partition, next, None);
         }
         let offset = stored.map_or(Offset::Beginning, Offset::Offset);
         let consumer = self.consumer.clone();
-        let (topic, partition) = (self.lease.topic.clone(), self.lease.partition);
+        let (topic, partition) = (self.topic.clone(), self.partition);
         let seek = tokio::task::spawn_blocking(move || {
             consumer.seek(&topic, partition, offset, Duration::from_secs(10))
         })
@@ -635,8 +782,8 @@ impl PartitionWorker {
         match seek {
             Ok(Ok(())) => Flow::Continue,
             other => {
-                tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot rewind after a lost fence");
-                self.stop_partition(stored, "cannot rewind after a lost fence")
+                tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot rewind to the stored offset");
+                self.stop_partition(stored, "cannot rewind to the stored offset")
                     .await
             }
         }
@@ -662,33 +809,15 @@ impl PartitionWorker {
             self.set_paused(false);
         }
         let Some(next) = self.expected else { return };
-        let (pipeline, consumer, lease) = (
-            self.pipeline.clone(),
+        let (consumer, owned, topic, partition) = (
             self.consumer.clone(),
-            self.lease.clone(),
+            self.owned.clone(),
+            self.topic.clone(),
+            self.partition,
         );
         let _ = tokio::task::spawn_blocking(move || {
-            pipeline
-                .assignments
-                .commit(&consumer, &lease, next, CommitMode::Sync)
+            commit::commit(&consumer, &owned, &topic, partition, next, CommitMode::Sync)
         })
         .await;
     }
-}
-
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
-    }
-}
-
-/// Milliseconds since the epoch, the unit of Kafka timestamps.
-pub fn unix_millis(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
