@@ -301,7 +301,12 @@ impl Coordinator {
         let settings = &self.shared.settings;
         let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
         loop {
-            match self.try_read_offsets(partitions).await {
+            // A read waiting on a locked row must not hold up shutdown.
+            let read = tokio::select! {
+                read = self.try_read_offsets(partitions) => read,
+                _ = self.stopper.token().cancelled() => return None,
+            };
+            match read {
                 Ok(v) => return Some(v),
                 Err(e) if e.class() == Class::Fatal => {
                     self.stopper.fail(e);

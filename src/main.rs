@@ -71,8 +71,10 @@ fn init_tracing(log: &LogArgs, default_filter: &str) -> Result<(), String> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(log.log.as_deref().unwrap_or(default_filter))
             .map_err(|e| format!("invalid configuration: --log: {e}"))?;
+    // Colours only on a terminal: a log file or a collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match log.log_format {
         LogFormat::Text => builder.try_init(),

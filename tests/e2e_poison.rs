@@ -747,3 +747,178 @@ async fn a_full_spool_pauses_consumption_and_readiness_until_it_drains() {
     assert_eq!(span_count(&db).await as usize, good);
     assert_eq!(read_all(&bootstrap, DLQ).len(), 2);
 }
+
+/// Runs `spansink replay` against the DLQ topic; its report.
+fn replay_dlq(bootstrap: &str, database_url: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spansink"))
+        .args([
+            "replay",
+            &format!("--brokers={bootstrap}"),
+            &format!("--database-url={database_url}"),
+        ])
+        .args(extra)
+        .env_remove("SPANSINK_LOG")
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn distinct_ids(records: &[rdkafka::message::OwnedMessage]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|r| header(r, "spansink.dlq.id"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_deploy_opens_the_breaker_within_min_messages_and_replay_stores_every_dead_letter() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(1);
+    // A deploy gone wrong: every insert into spans fails with a data exception.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION bad_deploy() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'bad deploy' USING ERRCODE = '22023'; END $$;
+             CREATE TRIGGER bad_deploy BEFORE INSERT ON spans
+               FOR EACH ROW EXECUTE FUNCTION bad_deploy();",
+        )
+        .await
+        .expect("trigger");
+    let mut gen = generator(1000, 3);
+    let produced = common::traffic::produce_traffic(&bootstrap, TOPIC, 1, 400, &mut gen).await;
+    // The breaker's defaults, and the default batch size (larger than the minimum).
+    let instance = Instance::spawn(&bootstrap, &db.url, "g-deploy", &["--batch-linger=200ms"]);
+    wait_for(
+        "breaker open and unready",
+        Duration::from_secs(90),
+        || async {
+            http_get(&instance.metrics_addr, "/readyz")
+                .await
+                .is_some_and(|(code, body)| code == 503 && body.contains("circuit breaker"))
+        },
+    )
+    .await;
+    assert!(instance
+        .scrape()
+        .await
+        .contains("spansink_circuit_breaker_state{topic=\"otlp_spans\"} 2"));
+    wait_for(
+        "committed dead letters published",
+        Duration::from_secs(60),
+        || async { spool_files(&instance.spool) == 0 },
+    )
+    .await;
+    let dead = distinct_ids(&read_all(&bootstrap, DLQ));
+    assert!(
+        !dead.is_empty() && dead.len() <= 100,
+        "at most --breaker-min-messages dead letters: {}",
+        dead.len()
+    );
+    let ledger: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM dead_letters", &[])
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(
+        ledger as usize,
+        dead.len(),
+        "the ledger holds every dead letter"
+    );
+
+    // The deploy is rolled back and the breaker closed: the rest is stored,
+    // and replay stores what was dead-lettered.
+    db.client()
+        .await
+        .batch_execute("DROP TRIGGER bad_deploy ON spans")
+        .await
+        .expect("drop trigger");
+    let (code, _) = post(&instance.metrics_addr, "/breaker/close").await;
+    assert_eq!(code, 200);
+    wait_for("the partition done", Duration::from_secs(60), || async {
+        stored_offsets(&db, "g-deploy", TOPIC).await == produced.end_offsets()
+    })
+    .await;
+    let report = replay_dlq(&bootstrap, &db.url, &[]);
+    assert!(
+        report.contains(&format!("replayed:     {}", dead.len())),
+        "{report}"
+    );
+    assert_eq!(span_count(&db).await as usize, produced.total_spans());
+    common::traffic::assert_traces_exact(&db).await;
+    let replayed: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(replayed as usize, dead.len(), "replay marks what it stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_dead_letter_is_set_aside_with_a_marker_and_blocks_nothing() {
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(1);
+    let p = producer(&bootstrap);
+    // Two poison messages: one larger than the DLQ accepts, one small.
+    let big = vec![0xffu8; 8000];
+    let (_, big_offset) = produce(&p, TOPIC, 0, Some("acme"), &big).await;
+    let (_, small_offset) = produce(&p, TOPIC, 0, Some("acme"), b"\xff\xff small").await;
+    let mut gen = generator(1001, 5);
+    let (t, payload, good) = marked_message(&mut gen, "good");
+    produce(&p, TOPIC, 0, Some(&t), &payload).await;
+    // As a DLQ topic whose max.message.bytes is below the message would.
+    let instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-oversize",
+        &["--kafka=message.max.bytes=4000"],
+    );
+    wait_for("both dead letters out", Duration::from_secs(60), || async {
+        read_all(&bootstrap, DLQ).len() == 2 && spool_files(&instance.spool) == 0
+    })
+    .await;
+    assert_eq!(span_count(&db).await as usize, good);
+    let records = read_all(&bootstrap, DLQ);
+    let by_offset = |offset: i64| {
+        records
+            .iter()
+            .find(|r| header(r, "spansink.dlq.source.offset") == Some(offset.to_string()))
+            .unwrap_or_else(|| panic!("no record for offset {offset}"))
+    };
+    let marker = by_offset(big_offset);
+    assert_eq!(marker.payload(), None, "the marker carries no value");
+    assert_eq!(
+        header(marker, "spansink.dlq.oversize"),
+        Some(big.len().to_string())
+    );
+    assert!(header(marker, "spansink.dlq.refused").is_some());
+    assert_eq!(
+        by_offset(small_offset).payload(),
+        Some(&b"\xff\xff small"[..])
+    );
+    // The whole record is kept, readable as a spool of its own.
+    let kept = instance.spool.join("oversize");
+    assert_eq!(spool_files(&kept), 1);
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_spansink"))
+        .args(["spool", &format!("--spool-dir={}", kept.display()), "list"])
+        .output()
+        .expect("spool list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&format!("@{big_offset}")), "{listed}");
+    assert!(instance
+        .scrape()
+        .await
+        .contains("spansink_dlq_oversize_total 1"));
+}

@@ -366,3 +366,51 @@ async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget
         produced.end_offsets()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_timestamps_at_the_extremes_are_stored_and_keep_the_gauges_sane() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(1);
+    let p = producer(&bootstrap);
+    let mut gen = generator(5, 5);
+    let mut spans = 0;
+    // Producers set the timestamp; the broker keeps whatever they sent.
+    for ts in [i64::MIN, -1, i64::MAX, 0] {
+        let (tenant, payload, n) = marked_message(&mut gen, "extreme");
+        let record = FutureRecord::<[u8], [u8]>::to(TOPIC)
+            .partition(0)
+            .payload(&payload)
+            .timestamp(ts)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "X-Scope-OrgID",
+                value: Some(tenant.as_bytes()),
+            }));
+        p.send(record, Duration::from_secs(30)).await.expect("sent");
+        spans += n;
+    }
+    let (tenant, payload, n) = marked_message(&mut gen, "ordinary");
+    produce(&p, TOPIC, 0, Some(&tenant), &payload).await;
+    spans += n;
+    {
+        use rdkafka::message::Message as _;
+        let got: Vec<_> = common::kafka::read_all(&bootstrap, TOPIC)
+            .iter()
+            .map(|m| m.timestamp().to_millis())
+            .collect();
+        assert_eq!(got[0], Some(i64::MIN), "the extreme reaches the consumer");
+        assert_eq!(got[2], Some(i64::MAX));
+    }
+    let mut instance = Instance::spawn(&bootstrap, &db.url, "g-extreme", &[]);
+    wait_stored(&db, "g-extreme", spans, Duration::from_secs(60)).await;
+    assert!(instance.is_running());
+    let metrics = instance.scrape().await;
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("spansink_consumer_lag_seconds") || l.starts_with("spansink_end_to_end")
+    }) {
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(value.is_finite() && value >= 0.0, "{line}");
+    }
+    assert!(!instance.logs().contains("panicked"), "{}", instance.logs());
+}

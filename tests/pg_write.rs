@@ -101,6 +101,7 @@ fn batch<'a>(
         key: key(partition),
         expected,
         next_offset,
+        replayed: false,
         messages,
         dead_letters: &[],
         recorder: Recorder {
@@ -886,4 +887,36 @@ async fn bad_values_are_poison_and_leave_the_connection_usable() {
     let good = message(vec![span("acme", 1, 4, None, T0)], vec![]);
     committed(f.writer.write(&batch(0, None, 10, &[&good])).await.unwrap());
     assert_eq!(spansink_sessions(&f).await, 1);
+}
+
+#[tokio::test]
+async fn a_missing_partition_and_a_check_violation_are_told_apart_without_the_message_text() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (x int CONSTRAINT not_five CHECK (x <> 5)) PARTITION BY RANGE (x);
+             CREATE TABLE t_1 PARTITION OF t FOR VALUES FROM (1) TO (10);",
+        )
+        .await
+        .unwrap();
+    let no_partition = client
+        .execute("INSERT INTO t VALUES (20)", &[])
+        .await
+        .unwrap_err();
+    let check = client
+        .execute("INSERT INTO t VALUES (5)", &[])
+        .await
+        .unwrap_err();
+    // Both are 23514.
+    for e in [&no_partition, &check] {
+        assert_eq!(e.code().map(|c| c.code()), Some("23514"));
+    }
+    assert!(spansink::error::is_missing_partition(&no_partition));
+    assert!(!spansink::error::is_missing_partition(&check));
+    let no_partition = spansink::error::Error::Postgres(no_partition);
+    let check = spansink::error::Error::Postgres(check);
+    assert_eq!(no_partition.class(), Class::Transient);
+    assert_eq!(check.class(), Class::Poison);
+    assert_eq!(check.reason(), Some(Reason::PgIntegrityViolation));
 }

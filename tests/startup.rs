@@ -120,3 +120,55 @@ async fn a_missing_topic_is_waited_for_unready_then_consumed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_directory_belongs_to_one_process_at_a_time() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    kafka.create_topic("otlp_spans", 1).expect("topic");
+    let spool = tempfile::tempdir().expect("spool");
+    let first = Instance::spawn_with_spool(
+        kafka.bootstrap_servers(),
+        &db.url,
+        "g-spool-owner",
+        Some(spool.path()),
+        &[],
+    );
+    wait_for("the first instance up", Duration::from_secs(30), || async {
+        http_get(&first.metrics_addr, "/healthz").await.is_some()
+    })
+    .await;
+    // A second instance on the same spool refuses to start, naming the setting.
+    let (code, stderr) = run_with(&[
+        &format!("--brokers={}", kafka.bootstrap_servers()),
+        &format!("--database-url={}", db.url),
+        "--metrics-addr=127.0.0.1:0",
+        &format!("--spool-dir={}", spool.path().display()),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--spool-dir"), "{stderr}");
+    // So does `spool drain`, which would publish or discard behind its back.
+    let out = Command::new(env!("CARGO_BIN_EXE_spansink"))
+        .args([
+            "spool",
+            &format!("--spool-dir={}", spool.path().display()),
+            "drain",
+            &format!("--brokers={}", kafka.bootstrap_servers()),
+            &format!("--database-url={}", db.url),
+        ])
+        .output()
+        .expect("spool drain");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spool-dir"));
+    // Reading it is harmless and allowed.
+    let list = Command::new(env!("CARGO_BIN_EXE_spansink"))
+        .args([
+            "spool",
+            &format!("--spool-dir={}", spool.path().display()),
+            "list",
+        ])
+        .output()
+        .expect("spool list");
+    assert!(list.status.success());
+    drop(first);
+}

@@ -165,7 +165,7 @@ pub async fn replay(
             report.replayed += 1;
             continue;
         }
-        match write(writer, &decoded).await {
+        match write(writer, &decoded, &dl).await {
             Ok(stats) => {
                 report.replayed += 1;
                 report.spans_inserted += stats.spans_inserted;
@@ -223,11 +223,21 @@ fn decode_letter(
     decode::decode_traces(&dl.payload, encoding, &tenant, limits, SystemTime::now())
 }
 
-async fn write(writer: &Writer, decoded: &DecodedTraces) -> Result<WriteStats> {
+/// Writes the rows and marks the dead letter as replayed in the ledger, in one
+/// transaction.
+async fn write(writer: &Writer, decoded: &DecodedTraces, dl: &DeadLetter) -> Result<WriteStats> {
+    let source = crate::pg::offsets::PartitionKey {
+        group: &dl.group,
+        topic: &dl.topic,
+        partition: dl.partition,
+    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let never = tokio_util::sync::CancellationToken::new();
     loop {
-        match writer.write_rows_only(&[decoded]).await {
+        match writer
+            .write_replayed(&[decoded], Some((source, dl.offset)))
+            .await
+        {
             Err(e) if e.class() == Class::Transient => {
                 tracing::warn!(error = %e, "transient failure; retrying");
                 backoff.wait(&never).await?;

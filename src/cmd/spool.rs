@@ -33,7 +33,8 @@ pub enum SpoolCommand {
         /// The entry's id, as `list` prints it.
         id: String,
     },
-    /// Publish the spooled dead letters to the dead-letter topic.
+    /// Publish the spooled dead letters to the dead-letter topic, and discard
+    /// those that are not this spool's; refused while an instance uses the spool.
     Drain(DrainArgs),
 }
 
@@ -51,8 +52,10 @@ pub struct DrainArgs {
     pub dlq_message_timeout: std::time::Duration,
 }
 
-/// Publishes every entry whose PostgreSQL commit happened, now; entries not
-/// committed yet stay (a running instance may be about to commit them).
+/// Publishes, now, every entry the dead-letter ledger holds for this spool,
+/// and discards the rest. The spool's lock makes sure that no instance is
+/// using it: an instance's spool is drained by the instance itself, and a
+/// spool left behind (a released volume) by this command.
 async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
     use std::sync::Arc;
     args.db.validate()?;
@@ -78,10 +81,15 @@ async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
     )?);
     let pool = crate::pg::pool::connect(&args.db).await?;
     let drainer = crate::poison::drain::Drainer::new(spool, publisher, pool);
+    // No process holds the spool: what the ledger does not hold for it never will.
+    let discarded = drainer.recover().await?;
     let report = drainer.drain_once().await?;
     Ok(format!(
-        "published {}, not yet committed {}, failed {}\n",
-        report.published, report.pending, report.failed
+        "published {}, discarded {} (not this spool's dead letters), oversize {}, failed {}\n",
+        report.published,
+        discarded + report.discarded,
+        report.oversize,
+        report.failed
     ))
 }
 

@@ -28,6 +28,7 @@ const COPY_EVENTS: &str = include_str!("../../sql/copy_events.sql");
 const SPANS_MOVE: &str = include_str!("../../sql/spans_move.sql");
 const EVENTS_MOVE: &str = include_str!("../../sql/events_move.sql");
 const DEAD_LETTERS_RECORD: &str = include_str!("../../sql/dead_letters_record.sql");
+const DEAD_LETTERS_REPLAYED: &str = include_str!("../../sql/dead_letters_replayed.sql");
 
 /// One dead letter whose offset a batch transaction moves past: recorded in
 /// the `dead_letters` ledger by that transaction.
@@ -56,8 +57,11 @@ pub struct WriteBatch<'a> {
     pub key: PartitionKey<'a>,
     /// What this worker read at assignment or wrote at its last commit (None: no row existed).
     pub expected: Option<i64>,
-    /// The batch's last offset + 1.
+    /// The batch's last offset + 1; for a replay, the dead letter's offset.
     pub next_offset: i64,
+    /// A replay of the dead letter at `key` and `next_offset`: its ledger row
+    /// is marked in the same transaction. Never fenced.
+    pub replayed: bool,
     /// The decoded messages of the batch, in offset order (a subset during poison bisection).
     pub messages: &'a [&'a DecodedTraces],
     /// The dead letters among the batch's messages, for the ledger.
@@ -143,21 +147,34 @@ impl Writer {
     }
 
     /// Writes rows with no partition offset: `spansink replay` re-ingests dead
-    /// letters this way. Idempotent like every write, so replaying twice
-    /// changes nothing.
-    pub async fn write_rows_only(&self, messages: &[&DecodedTraces]) -> Result<WriteStats> {
+    /// letters this way, marking the dead letter at `source` as replayed in the
+    /// ledger in the same transaction. Idempotent like every write, so
+    /// replaying twice changes nothing.
+    pub async fn write_replayed(
+        &self,
+        messages: &[&DecodedTraces],
+        source: Option<(PartitionKey<'_>, i64)>,
+    ) -> Result<WriteStats> {
         let rows = Rows::dedupe(messages);
         self.partitions
             .ensure_days(&self.pool, &rows.days())
             .await?;
+        let (key, offset) = source.map_or(
+            (
+                PartitionKey {
+                    group: "",
+                    topic: "",
+                    partition: -1,
+                },
+                None,
+            ),
+            |(key, offset)| (key, Some(offset)),
+        );
         let unfenced = WriteBatch {
-            key: PartitionKey {
-                group: "",
-                topic: "",
-                partition: -1,
-            },
+            key,
             expected: None,
-            next_offset: 0,
+            next_offset: offset.unwrap_or(0),
+            replayed: offset.is_some(),
             messages,
             dead_letters: &[],
             recorder: Recorder {
@@ -405,6 +422,14 @@ async fn body(
     }
     if !batch.dead_letters.is_empty() {
         record_dead_letters(tx, stmts, batch).await?;
+    }
+    if batch.replayed {
+        let k = &batch.key;
+        tx.execute(
+            DEAD_LETTERS_REPLAYED,
+            &[&k.group, &k.topic, &k.partition, &batch.next_offset],
+        )
+        .await?;
     }
     let mut stats = WriteStats::default();
     if !rows.spans.is_empty() {

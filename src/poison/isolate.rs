@@ -184,6 +184,7 @@ async fn write_range(
             key: ctx.key,
             expected,
             next_offset,
+            replayed: false,
             messages: rows,
             dead_letters,
             recorder: Recorder {

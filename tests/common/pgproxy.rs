@@ -7,14 +7,17 @@
 //! // hand `url` to the process under test
 //! proxy.block();   // every proxied connection closes; new ones are closed at once
 //! proxy.unblock(); // connections go through again
+//! proxy.lose_next_commit_ack(); // the next COMMIT reaches the server, its reply never returns
 //! ```
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -29,6 +32,14 @@ struct State {
     blocked: bool,
     /// One task per proxied connection; aborting it drops, and so closes, both sockets.
     connections: Vec<AbortHandle>,
+    faults: Arc<Faults>,
+}
+
+/// Faults armed by the test, shared with every connection.
+#[derive(Default)]
+struct Faults {
+    lose_commit_ack: AtomicBool,
+    commits_lost: AtomicUsize,
 }
 
 impl PgProxy {
@@ -77,6 +88,21 @@ impl PgProxy {
         self.state().blocked = false;
     }
 
+    /// The next COMMIT of any connection reaches the server, but its reply
+    /// never comes back: the connection closes instead, as when the network
+    /// fails right after the server committed.
+    pub fn lose_next_commit_ack(&self) {
+        self.state()
+            .faults
+            .lose_commit_ack
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// COMMITs whose reply was lost so far.
+    pub fn commits_lost(&self) -> usize {
+        self.state().faults.commits_lost.load(Ordering::SeqCst)
+    }
+
     /// Proxied connections still open.
     pub fn open_connections(&self) -> usize {
         let mut state = self.state();
@@ -115,18 +141,96 @@ async fn accept_loop(listener: TcpListener, upstream: String, shared: Arc<Mutex<
             continue;
         }
         state.connections.retain(|c| !c.is_finished());
-        let task = tokio::spawn(forward(client, upstream.clone()));
+        let task = tokio::spawn(forward(client, upstream.clone(), state.faults.clone()));
         state.connections.push(task.abort_handle());
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: String) {
+async fn forward(client: TcpStream, upstream: String, faults: Arc<Faults>) {
     // If the server cannot be reached, dropping `client` closes it: the caller
     // sees the same failure it would see without the proxy.
-    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+    let Ok(server) = TcpStream::connect(&upstream).await else {
         return;
     };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let mute = Arc::new(AtomicBool::new(false));
+    let replies = pump(server_read, client_write, mute.clone());
+    let requests = requests(client_read, server_write, faults, mute);
+    // Either direction ending ends the connection, closing both sockets.
+    tokio::select! {
+        _ = replies => {}
+        _ = requests => {}
+    }
+}
+
+/// Server to client: copies bytes until the connection mutes.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mute: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if mute.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Client to server, one protocol message at a time, so that a COMMIT can be
+/// recognised: the startup message (a length, no tag), then tagged messages.
+async fn requests(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    faults: Arc<Faults>,
+    mute: Arc<AtomicBool>,
+) {
+    let mut tagged = false;
+    loop {
+        let mut head = if tagged { vec![0u8; 5] } else { vec![0u8; 4] };
+        if from.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len_at = head.len() - 4;
+        let len = u32::from_be_bytes([
+            head[len_at],
+            head[len_at + 1],
+            head[len_at + 2],
+            head[len_at + 3],
+        ]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        if from.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let is_commit = tagged && head[0] == b'Q' && body.starts_with(b"COMMIT");
+        let lose = is_commit && faults.lose_commit_ack.swap(false, Ordering::SeqCst);
+        if lose {
+            // Muted before the server can answer: its reply is never seen.
+            mute.store(true, Ordering::SeqCst);
+        }
+        if to.write_all(&head).await.is_err() || to.write_all(&body).await.is_err() {
+            return;
+        }
+        if lose {
+            // Give the server time to commit, then cut the connection.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            faults.commits_lost.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        // After an SSLRequest or GSSENCRequest (refused: the proxy speaks plain
+        // TCP), the startup message, untagged, comes next.
+        let negotiation =
+            !tagged && len == 8 && matches!(body[..4], [0x04, 0xd2, 0x16, 0x2f | 0x30]);
+        tagged = !negotiation;
+    }
 }
 
 /// Splits a URL around its `host:port` (the port defaults to PostgreSQL's).
