@@ -80,6 +80,36 @@ fn letter(partition: i32, offset: i64) -> DeadLetter {
     }
 }
 
+/// A database, a DLQ topic, a spool and its drainer.
+struct Drained {
+    db: TestDb,
+    kafka: MockKafka,
+    spool: Arc<Spool>,
+    drainer: Drainer,
+    _dir: tempfile::TempDir,
+}
+
+impl Drained {
+    async fn new() -> Self {
+        let db = TestDb::migrated().await;
+        let pool = spansink::pg::connect(&db.db_args()).await.expect("pool");
+        let kafka = MockKafka::start(1).expect("mock kafka");
+        kafka.create_topic(DLQ, 1).expect("topic");
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool(&dir);
+        let publisher =
+            Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
+        let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
+        Drained {
+            db,
+            kafka,
+            spool,
+            drainer,
+            _dir: dir,
+        }
+    }
+}
+
 /// The dead letter as this spool holds it, once a batch spooled it.
 fn spooled_letter(spool: &Spool, partition: i32, offset: i64) -> DeadLetter {
     DeadLetter {
@@ -268,15 +298,13 @@ async fn a_dead_letter_arrives_unchanged_with_every_header_and_reads_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
-    let db = TestDb::migrated().await;
-    let pool = spansink::pg::connect(&db.db_args()).await.expect("pool");
-    let kafka = MockKafka::start(1).expect("mock kafka");
-    kafka.create_topic(DLQ, 1).expect("topic");
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool(&dir);
-    let publisher =
-        Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
-    let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
+    let Drained {
+        db,
+        kafka,
+        spool,
+        drainer,
+        _dir,
+    } = Drained::new().await;
 
     // Partition 0 committed up to 7: offsets 3 and 7 as this spool's dead
     // letters, 5 as another instance's, 6 as a good message. Offsets 8 and 12
@@ -327,15 +355,13 @@ async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_publishes_what_the_previous_release_spooled_and_committed() {
-    let db = TestDb::migrated().await;
-    let pool = spansink::pg::connect(&db.db_args()).await.expect("pool");
-    let kafka = MockKafka::start(1).expect("mock kafka");
-    kafka.create_topic(DLQ, 1).expect("topic");
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool(&dir);
-    let publisher =
-        Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
-    let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
+    let Drained {
+        db,
+        kafka,
+        spool,
+        drainer,
+        _dir,
+    } = Drained::new().await;
     // Entries without a spool id, as the release before the ledger wrote them:
     // offset 4 below the stored offset (committed), 9 above it (never committed).
     set_stored_offset(&db, 0, 5).await;
@@ -368,15 +394,14 @@ async fn an_upgrade_publishes_what_the_previous_release_spooled_and_committed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_drainer_wakes_on_a_poke_and_drains_once_more_on_stop() {
-    let db = TestDb::migrated().await;
-    let pool = spansink::pg::connect(&db.db_args()).await.expect("pool");
-    let kafka = MockKafka::start(1).expect("mock kafka");
-    kafka.create_topic(DLQ, 1).expect("topic");
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool(&dir);
-    let publisher =
-        Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
-    let drainer = Arc::new(Drainer::new(Arc::clone(&spool), publisher, pool));
+    let Drained {
+        db,
+        kafka,
+        spool,
+        drainer,
+        _dir,
+    } = Drained::new().await;
+    let drainer = Arc::new(drainer);
     set_stored_offset(&db, 0, 100).await;
     record_in_ledger(&db, spool.id(), 0, 1).await;
     record_in_ledger(&db, spool.id(), 0, 2).await;

@@ -8,22 +8,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use common::db::TestDb;
-use common::kafka::{fixture, header, produce, producer, read_all};
+use common::kafka::{fixture, header, produce, producer, read_all, DLQ, TOPIC};
 use common::spansink::{http_get, wait_for, Instance};
 use common::traffic::{generator, marked_message, span_count, stored_offsets};
 use prost::Message as _;
 use rdkafka::message::Message as _;
 use spansink::kafka::mock::MockKafka;
 
-const TOPIC: &str = "otlp_spans";
-const DLQ: &str = "spansink.dlq";
-
 fn cluster(partitions: i32) -> (MockKafka, String) {
-    let kafka = MockKafka::start(3).expect("mock kafka");
-    kafka.create_topic(TOPIC, partitions).expect("topic");
-    kafka.create_topic(DLQ, 1).expect("dlq topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    (kafka, bootstrap)
+    common::kafka::cluster(partitions, true)
 }
 
 /// Gives the DLQ partition a broker of its own and stops only that broker:
@@ -586,24 +579,7 @@ async fn replay_reingests_a_dead_letter_once_its_rule_is_relaxed_and_twice_chang
     );
     assert_eq!(span_count(&db).await, 0);
 
-    let replay = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spansink"))
-            .args([
-                "replay",
-                &format!("--brokers={bootstrap}"),
-                &format!("--database-url={}", db.url),
-            ])
-            .args(extra)
-            .env_remove("SPANSINK_LOG")
-            .output()
-            .expect("replay");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let replay = |extra: &[&str]| common::spansink::replay(&bootstrap, &db.url, extra);
     // Under the old rule it still fails; a dry run writes nothing.
     let report = replay(&["--accept-past=1d"]);
     assert!(report.contains("failed again: 1"), "{report}");
@@ -748,26 +724,6 @@ async fn a_full_spool_pauses_consumption_and_readiness_until_it_drains() {
     assert_eq!(read_all(&bootstrap, DLQ).len(), 2);
 }
 
-/// Runs `spansink replay` against the DLQ topic; its report.
-fn replay_dlq(bootstrap: &str, database_url: &str, extra: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spansink"))
-        .args([
-            "replay",
-            &format!("--brokers={bootstrap}"),
-            &format!("--database-url={database_url}"),
-        ])
-        .args(extra)
-        .env_remove("SPANSINK_LOG")
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 fn distinct_ids(records: &[rdkafka::message::OwnedMessage]) -> std::collections::BTreeSet<String> {
     records
         .iter()
@@ -820,13 +776,7 @@ async fn a_bad_deploy_opens_the_breaker_within_min_messages_and_replay_stores_ev
         "at most --breaker-min-messages dead letters: {}",
         dead.len()
     );
-    let ledger: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM dead_letters", &[])
-        .await
-        .expect("ledger")
-        .get(0);
+    let ledger = common::traffic::ledger_count(&db).await;
     assert_eq!(
         ledger as usize,
         dead.len(),
@@ -846,7 +796,7 @@ async fn a_bad_deploy_opens_the_breaker_within_min_messages_and_replay_stores_ev
         stored_offsets(&db, "g-deploy", TOPIC).await == produced.end_offsets()
     })
     .await;
-    let report = replay_dlq(&bootstrap, &db.url, &[]);
+    let report = common::spansink::replay(&bootstrap, &db.url, &[]);
     assert!(
         report.contains(&format!("replayed:     {}", dead.len())),
         "{report}"

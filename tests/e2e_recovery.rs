@@ -7,20 +7,15 @@ mod common;
 use std::time::Duration;
 
 use common::db::TestDb;
-use common::kafka::{committed_offsets, end_offsets, produce, producer};
+use common::kafka::{committed_offsets, end_offsets, produce, producer, TOPIC};
 use common::spansink::{wait_for, Instance};
 use common::traffic::{
     assert_traces_exact, generator, marked_message, produce_traffic, span_count, stored_offsets,
 };
 use spansink::kafka::mock::MockKafka;
 
-const TOPIC: &str = "otlp_spans";
-
 fn cluster(partitions: i32) -> (MockKafka, String) {
-    let kafka = MockKafka::start(3).expect("mock kafka");
-    kafka.create_topic(TOPIC, partitions).expect("topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    (kafka, bootstrap)
+    common::kafka::cluster(partitions, false)
 }
 
 async fn wait_stored(db: &TestDb, group: &str, expected_spans: usize, timeout: Duration) {

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::db::TestDb;
-use common::kafka::{header, produce, producer, read_all};
+use common::kafka::{header, produce, producer, read_all, DLQ, TOPIC};
 use common::pgproxy::PgProxy;
 use common::spansink::{wait_for, Instance};
 use common::traffic::{
@@ -18,15 +18,8 @@ use common::traffic::{
 use nix::sys::signal::{kill, Signal};
 use spansink::kafka::mock::MockKafka;
 
-const TOPIC: &str = "otlp_spans";
-const DLQ: &str = "spansink.dlq";
-
 fn cluster(partitions: i32) -> (MockKafka, String) {
-    let kafka = MockKafka::start(3).expect("mock kafka");
-    kafka.create_topic(TOPIC, partitions).expect("topic");
-    kafka.create_topic(DLQ, 1).expect("dlq topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    (kafka, bootstrap)
+    common::kafka::cluster(partitions, true)
 }
 
 /// Holds every `ingest_offsets` row locked, as a slow or stuck reader would,
@@ -240,12 +233,6 @@ async fn a_lost_commit_acknowledgement_then_sigterm_publishes_the_poison_exactly
         header(&records[0], "spansink.dlq.source.offset"),
         Some(poison_offset.to_string())
     );
-    let ledger: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM dead_letters", &[])
-        .await
-        .expect("ledger")
-        .get(0);
+    let ledger = common::traffic::ledger_count(&db).await;
     assert_eq!(ledger, 1);
 }

@@ -10,6 +10,22 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// The topic the tests consume, and the dead-letter topic.
+pub const TOPIC: &str = "otlp_spans";
+pub const DLQ: &str = "spansink.dlq";
+
+/// An embedded cluster of three brokers with the source topic and, when
+/// `dlq`, the dead-letter topic; and its bootstrap address.
+pub fn cluster(partitions: i32, dlq: bool) -> (spansink::kafka::mock::MockKafka, String) {
+    let kafka = spansink::kafka::mock::MockKafka::start(3).expect("mock kafka");
+    kafka.create_topic(TOPIC, partitions).expect("topic");
+    if dlq {
+        kafka.create_topic(DLQ, 1).expect("dlq topic");
+    }
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    (kafka, bootstrap)
+}
+
 pub fn producer(bootstrap: &str) -> FutureProducer {
     producer_with(bootstrap, &[])
 }

@@ -172,6 +172,26 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// Runs `spansink replay` to its end and returns its report; it must succeed.
+pub fn replay(bootstrap: &str, database_url: &str, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spansink"))
+        .args([
+            "replay",
+            &format!("--brokers={bootstrap}"),
+            &format!("--database-url={database_url}"),
+        ])
+        .args(extra)
+        .env_remove("SPANSINK_LOG")
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

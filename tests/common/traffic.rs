@@ -123,6 +123,16 @@ pub async fn stored_offsets(db: &TestDb, group: &str, topic: &str) -> BTreeMap<i
         .collect()
 }
 
+/// Rows in the dead-letter ledger.
+pub async fn ledger_count(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("SELECT count(*) FROM dead_letters", &[])
+        .await
+        .expect("ledger")
+        .get(0)
+}
+
 /// Derived counts are exact: every trace's span_count and error_count equal
 /// the spans actually stored for it.
 pub async fn assert_traces_exact(db: &TestDb) {
