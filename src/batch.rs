@@ -96,11 +96,6 @@ impl Batch {
         tenants.dedup();
         tenants.len()
     }
-
-    /// The oldest Kafka timestamp in the batch, for lag in seconds.
-    pub fn first_timestamp_ms(&self) -> Option<i64> {
-        self.messages.iter().filter_map(|m| m.timestamp_ms).min()
-    }
 }
 
 impl Default for Batch {

@@ -57,18 +57,15 @@ pub struct LogArgs {
     pub log: Option<String>,
 }
 
-/// The PostgreSQL URL: `SPANSINK_DATABASE_URL`, else the conventional `DATABASE_URL`,
-/// else the local server.
-pub fn default_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
+/// The database when neither `--database-url` nor `DATABASE_URL` names one.
+pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct DbArgs {
-    /// PostgreSQL connection URL (falls back to DATABASE_URL).
-    #[arg(long, env = "SPANSINK_DATABASE_URL", default_value_t = default_database_url())]
-    pub database_url: String,
+    /// PostgreSQL connection URL [default: $DATABASE_URL, else the local server].
+    /// It may hold a password: its value is never printed.
+    #[arg(long, env = "SPANSINK_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "SPANSINK_PG_POOL_SIZE", default_value_t = 16)]
     pub pg_pool_size: usize,
@@ -145,10 +142,17 @@ fn parse_topic_spec(s: &str) -> std::result::Result<TopicSpec, String> {
 }
 
 /// One `--kafka key=value` pass-through setting for librdkafka.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSetting {
     pub key: String,
     pub value: String,
+}
+
+/// Shows the key only: the value may be a password.
+impl std::fmt::Debug for KafkaSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=***", self.key)
+    }
 }
 
 pub fn parse_kafka_setting(s: &str) -> std::result::Result<KafkaSetting, String> {
@@ -175,8 +179,9 @@ pub struct KafkaArgs {
     #[arg(long, env = "SPANSINK_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
     /// A librdkafka setting passed through, such as security.protocol, sasl.* or ssl.*.
-    /// Repeatable; in the environment, separate several with ';'.
-    #[arg(long = "kafka", env = "SPANSINK_KAFKA", value_name = "KEY=VALUE", value_parser = parse_kafka_setting, value_delimiter = ';')]
+    /// Repeatable; in the environment, separate several with ';'. Values may be
+    /// secrets: they are never printed.
+    #[arg(long = "kafka", env = "SPANSINK_KAFKA", value_name = "KEY=VALUE", value_parser = parse_kafka_setting, value_delimiter = ';', hide_env_values = true)]
     pub kafka: Vec<KafkaSetting>,
 }
 
@@ -244,6 +249,14 @@ pub struct RunArgs {
     /// Listen address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SPANSINK_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
+    /// Listen address for the operator's endpoints (POST /breaker/close), or
+    /// "off". Loopback by default; anywhere else needs --admin-token-file.
+    #[arg(long, env = "SPANSINK_ADMIN_ADDR", default_value = "127.0.0.1:9465", value_parser = parse_admin_addr)]
+    pub admin_addr: AdminAddr,
+    /// A file holding the token that admin requests must present as
+    /// `Authorization: Bearer <token>`.
+    #[arg(long, env = "SPANSINK_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// How long in-flight batches may take to finish and commit on SIGTERM/SIGINT
     /// or when their partitions are revoked; then they roll back.
     #[arg(long, env = "SPANSINK_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
@@ -259,6 +272,19 @@ pub struct RunArgs {
     /// Test-only fault injection: abort the process when decoding a payload that holds this text.
     #[arg(long, env = "SPANSINK_FAULT_ABORT_MARKER", hide = true)]
     pub fault_abort_marker: Option<String>,
+}
+
+/// Where the admin endpoints listen, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+fn parse_admin_addr(s: &str) -> std::result::Result<AdminAddr, String> {
+    if s == "off" {
+        return Ok(AdminAddr(None));
+    }
+    s.parse()
+        .map(|a| AdminAddr(Some(a)))
+        .map_err(|e| format!("{s:?}: {e} (an address such as 127.0.0.1:9465, or off)"))
 }
 
 /// The host name, for dead letters' `instance` header.
@@ -443,14 +469,36 @@ impl IngestArgs {
 }
 
 impl DbArgs {
+    /// The connection URL: `--database-url` (or `SPANSINK_DATABASE_URL`), else
+    /// the conventional `DATABASE_URL`, else the local server.
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| LOCAL_DATABASE_URL.to_string())
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.pg_pool_size == 0 {
             return Err(Error::config("--pg-pool-size", "must be at least 1"));
         }
-        self.database_url
+        self.url()
             .parse::<tokio_postgres::Config>()
             .map_err(|e| Error::config("--database-url", e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Never shows the URL, which may hold a password.
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &"***")
+            .field("pg_pool_size", &self.pg_pool_size)
+            .field("pg_pool_timeout", &self.pg_pool_timeout)
+            .field("pg_statement_timeout", &self.pg_statement_timeout)
+            .field("partitions_ahead_days", &self.partitions_ahead_days)
+            .finish()
     }
 }
 
@@ -474,7 +522,29 @@ impl RunArgs {
                 "must be at least 2: one for partitions, one for batches",
             ));
         }
+        if let AdminAddr(Some(addr)) = self.admin_addr {
+            if !addr.ip().is_loopback() && self.admin_token_file.is_none() {
+                return Err(Error::config(
+                    "--admin-token-file",
+                    format!("required when --admin-addr ({addr}) listens beyond loopback"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The admin token, read from `--admin-token-file`.
+    pub fn admin_token(&self) -> Result<Option<String>> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| Error::config("--admin-token-file", format!("{}: {e}", path.display())))?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(Error::config("--admin-token-file", "the file is empty"));
+        }
+        Ok(Some(token))
     }
 }
 

@@ -188,11 +188,16 @@ impl Error {
         }
     }
 
+    /// Input errors quote the input: their detail is capped, so that a huge
+    /// bad value never becomes a huge log line or header.
     pub fn input(reason: Reason, detail: impl Into<String>) -> Self {
-        Error::Input {
-            reason,
-            detail: detail.into(),
-        }
+        let detail = detail.into();
+        let detail = if detail.len() > crate::logcap::MAX_TEXT {
+            crate::logcap::capped(&detail)
+        } else {
+            detail
+        };
+        Error::Input { reason, detail }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -261,18 +266,26 @@ impl Error {
 /// The text of a caught panic's payload.
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
+        crate::logcap::capped(s)
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
+        crate::logcap::capped(s)
     } else {
         "panic with a non-string payload".to_string()
     }
 }
 
+/// PostgreSQL's message (which may quote a value), its detail and SQLSTATE.
 fn pg_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+        Some(db) => {
+            let mut text = crate::logcap::capped(db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(&crate::logcap::capped(detail));
+            }
+            format!("{text} (SQLSTATE {})", db.code().code())
+        }
+        None => crate::logcap::capped(&e.to_string()),
     }
 }
 

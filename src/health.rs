@@ -49,22 +49,22 @@ impl Health {
     }
 
     /// Why the instance is not ready; empty when it is.
-    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
-        let mut reasons = Vec::new();
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons: Vec<String> = Vec::new();
         if self.pg_down.load(Ordering::Relaxed) {
-            reasons.push("postgresql unreachable");
+            reasons.push("postgresql unreachable".to_string());
         }
         if self.topics_missing.load(Ordering::Relaxed) {
-            reasons.push("waiting for topics to exist");
+            reasons.push("waiting for topics to exist".to_string());
         }
         if self.spool_full.load(Ordering::Relaxed) {
-            reasons.push("spool full");
+            reasons.push("spool full".to_string());
         }
         if self.breaker_open.load(Ordering::Relaxed) {
-            reasons.push("circuit breaker open");
+            reasons.push("circuit breaker open".to_string());
         }
         if !self.joined.load(Ordering::Relaxed) {
-            reasons.push("consumer has not joined its group");
+            reasons.push("consumer has not joined its group".to_string());
         }
         reasons
     }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod loadgen;
+pub mod logcap;
 pub mod metrics;
 pub mod model;
 pub mod otlp;

@@ -57,6 +57,8 @@ pub const SPOOL_SUPERSEDED: &str = "spansink_spool_superseded_total";
 pub const CRASH_GUARD_RANGES: &str = "spansink_crash_guard_ranges_total";
 pub const BREAKER_STATE: &str = "spansink_circuit_breaker_state";
 pub const BREAKER_TRIPS: &str = "spansink_circuit_breaker_trips_total";
+pub const BREAKER_OPEN_PARTITIONS: &str = "spansink_circuit_breaker_open_partitions";
+pub const BREAKER_HELD: &str = "spansink_circuit_breaker_held";
 // Process.
 pub const BUILD_INFO: &str = "spansink_build_info";
 pub const READY: &str = "spansink_ready";
@@ -271,6 +273,16 @@ fn describe() {
         "Times the poison-rate circuit breaker opened, per topic."
     );
     describe_gauge!(
+        BREAKER_OPEN_PARTITIONS,
+        Unit::Count,
+        "Partitions whose own breaker is not closed (poison confined to them), per topic."
+    );
+    describe_gauge!(
+        BREAKER_HELD,
+        Unit::Count,
+        "1 while an operator holds the topic's breakers closed (POST /breaker/close)."
+    );
+    describe_gauge!(
         PARTITION_WORKERS,
         Unit::Count,
         "Live workers per assigned partition: never more than 1."
@@ -344,7 +356,9 @@ pub fn init_topic(topic: &str) {
         metrics::counter!(DEAD_LETTERS, "topic" => t.clone(), "stage" => reason.stage(), "reason" => reason.as_str())
             .increment(0);
     }
-    metrics::gauge!(BREAKER_STATE, "topic" => t).set(0.0);
+    metrics::gauge!(BREAKER_STATE, "topic" => t.clone()).set(0.0);
+    metrics::gauge!(BREAKER_OPEN_PARTITIONS, "topic" => t.clone()).set(0.0);
+    metrics::gauge!(BREAKER_HELD, "topic" => t).set(0.0);
 }
 
 /// Per-partition series start at zero when the partition is assigned.

@@ -256,9 +256,17 @@ impl PartitionWorker {
             tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "cannot resume the assigned partition");
         }
         loop {
-            let batch = self.collect().await;
+            // Asked before fetching: a probe is a batch of one message.
+            let Some(probe) = self.wait_for_breaker().await else {
+                break;
+            };
+            let mut limits = self.shared.settings.batch;
+            if probe.is_some() {
+                limits.max_messages = 1;
+            }
+            let batch = self.collect(&limits).await;
             if !batch.is_empty() {
-                if let Flow::Stop = self.process(batch).await {
+                if let Flow::Stop = self.process(batch, probe).await {
                     break;
                 }
             }
@@ -272,16 +280,15 @@ impl PartitionWorker {
 
     /// Fills one batch: until it is full, its linger runs out, or the worker is
     /// asked to stop (then what was collected is still written).
-    async fn collect(&mut self) -> Batch {
-        let limits = self.shared.settings.batch;
+    async fn collect(&mut self, limits: &BatchLimits) -> Batch {
         let mut batch = Batch::new();
         if let Some(p) = self.carry.take() {
             let permit = self.reserve_blocking(p.payload.len()).await;
             batch.push(p, permit);
         }
-        while !batch.is_full(&limits) {
+        while !batch.is_full(limits) {
             let linger_end = batch
-                .deadline(&limits)
+                .deadline(limits)
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             let pending = tokio::select! {
@@ -291,7 +298,9 @@ impl PartitionWorker {
                 received = self.queue.recv() => match received {
                     Ok(msg) => self.admit(&msg),
                     Err(e) => {
-                        tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "fetch error");
+                        if let Some(held_back) = crate::logcap::allow("fetch error") {
+                            tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, held_back, "fetch error");
+                        }
                         None
                     }
                 },
@@ -324,8 +333,10 @@ impl PartitionWorker {
         if let Some(expected) = self.expected {
             if offset < expected {
                 metrics::counter!(m::MESSAGES_BELOW_STORED_OFFSET, &self.labels).increment(1);
-                tracing::warn!(topic = %self.topic, partition = self.partition, offset, stored = expected,
-                    "message below the stored offset skipped as already committed (was the topic recreated?)");
+                if let Some(held_back) = crate::logcap::allow("message below the stored offset") {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, offset, stored = expected, held_back,
+                        "message below the stored offset skipped as already committed (was the topic recreated?)");
+                }
                 return None;
             }
         }
@@ -410,27 +421,31 @@ impl PartitionWorker {
 
     /// Writes one batch: every message ends committed or dead-lettered, in order;
     /// transient failures are retried, never skipped.
-    async fn process(&mut self, batch: Batch) -> Flow {
+    async fn process(&mut self, batch: Batch, probe: Option<Probe>) -> Flow {
         let (Some(first), Some(next_offset)) = (batch.first_offset(), batch.next_offset()) else {
             return Flow::Continue;
         };
         let span = tracing::info_span!("batch", topic = %self.topic, partition = self.partition,
             first_offset = first, last_offset = next_offset - 1, tenants = batch.tenant_count());
-        self.write(batch, first, next_offset).instrument(span).await
+        self.write(batch, first, next_offset, probe)
+            .instrument(span)
+            .await
     }
 
-    async fn write(&mut self, batch: Batch, first: i64, next_offset: i64) -> Flow {
+    async fn write(
+        &mut self,
+        batch: Batch,
+        first: i64,
+        next_offset: i64,
+        probe: Option<Probe>,
+    ) -> Flow {
         self.note_gap(first);
         self.shared
             .lag
-            .pending(&self.topic, self.partition, batch.first_timestamp_ms());
+            .pending(&self.topic, self.partition, self.oldest_plausible(&batch));
         if let Flow::Stop = self.wait_for_spool_room().await {
             return Flow::Stop;
         }
-        let probe = match self.wait_for_breaker().await {
-            Some(probe) => probe,
-            None => return Flow::Stop,
-        };
         let threshold = self.shared.crash_guard.threshold();
         let Some(mut in_flight) = self.guard_begin(first, next_offset - 1).await else {
             return Flow::Stop;
@@ -562,9 +577,14 @@ impl PartitionWorker {
                 dead,
                 unconfirmed,
             } => {
+                let good = messages
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| dead.binary_search_by_key(i, |(d, _)| *d).is_err())
+                    .map(|(_, m)| m.tenant.as_deref().unwrap_or_default());
                 shared
                     .breakers
-                    .good(&self.topic, messages.len() - dead.len(), probe);
+                    .good(&self.topic, self.partition, good, probe);
                 if !dead.is_empty() {
                     shared.dlq_wake.notify_one();
                 }
@@ -654,7 +674,7 @@ impl PartitionWorker {
     /// half-open breaker; `None` when asked to stop meanwhile.
     async fn wait_for_breaker(&mut self) -> Option<Option<Probe>> {
         loop {
-            match self.shared.breakers.admit(&self.topic) {
+            match self.shared.breakers.admit(&self.topic, self.partition) {
                 Admission::Proceed(probe) => {
                     self.set_paused(false);
                     return Some(probe);
@@ -743,7 +763,7 @@ impl PartitionWorker {
     fn committed(&mut self, batch: &Batch, next_offset: i64) {
         let now_ms = crate::clock::now_millis();
         let mut newest = None;
-        for ts in batch.messages.iter().filter_map(|p| p.timestamp_ms) {
+        for ts in self.plausible_timestamps(batch, now_ms) {
             metrics::histogram!(m::END_TO_END_LATENCY_SECONDS)
                 .record(crate::clock::age_seconds(now_ms, ts));
             newest = newest.max(Some(ts));
@@ -759,6 +779,31 @@ impl PartitionWorker {
             next_offset,
             CommitMode::Async,
         );
+    }
+
+    /// The batch's Kafka timestamps that could be true: inside the acceptance
+    /// window. A producer may set any timestamp (1970, the year 9999); those
+    /// would put nonsense into the latency histogram and the lag in seconds.
+    fn plausible_timestamps<'b>(
+        &self,
+        batch: &'b Batch,
+        now_ms: i64,
+    ) -> impl Iterator<Item = i64> + 'b {
+        let limits = &self.shared.settings.limits;
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let earliest = now_ms.saturating_sub(millis(limits.accept_past));
+        let latest = now_ms.saturating_add(millis(limits.accept_future));
+        batch
+            .messages
+            .iter()
+            .filter_map(|p| p.timestamp_ms)
+            .filter(move |ts| (earliest..=latest).contains(ts))
+    }
+
+    /// The oldest plausible timestamp of the batch, for lag in seconds.
+    fn oldest_plausible(&self, batch: &Batch) -> Option<i64> {
+        self.plausible_timestamps(batch, crate::clock::now_millis())
+            .min()
     }
 
     /// Continues from what PostgreSQL holds: after a lost fence (another

@@ -528,7 +528,7 @@ async fn a_fully_poisoned_stream_trips_the_circuit_breaker_instead_of_filling_th
         .is_none_or(|o| *o < 300));
 
     // The operator closes it: the documented endpoint.
-    let (code, _) = post(&instance.metrics_addr, "/breaker/close").await;
+    let (code, _) = post(&instance.admin_addr, "/breaker/close").await;
     assert_eq!(code, 200);
 }
 
@@ -790,7 +790,7 @@ async fn a_bad_deploy_opens_the_breaker_within_min_messages_and_replay_stores_ev
         .batch_execute("DROP TRIGGER bad_deploy ON spans")
         .await
         .expect("drop trigger");
-    let (code, _) = post(&instance.metrics_addr, "/breaker/close").await;
+    let (code, _) = post(&instance.admin_addr, "/breaker/close").await;
     assert_eq!(code, 200);
     wait_for("the partition done", Duration::from_secs(60), || async {
         stored_offsets(&db, "g-deploy", TOPIC).await == produced.end_offsets()
@@ -861,7 +861,7 @@ async fn an_oversize_dead_letter_is_set_aside_with_a_marker_and_blocks_nothing()
     // The whole record is kept, readable as a spool of its own.
     let kept = instance.spool.join("oversize");
     assert_eq!(spool_files(&kept), 1);
-    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_spansink"))
+    let listed = std::process::Command::new(common::spansink::binary())
         .args(["spool", &format!("--spool-dir={}", kept.display()), "list"])
         .output()
         .expect("spool list");

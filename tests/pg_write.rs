@@ -837,17 +837,17 @@ async fn pool_sessions_are_configured_and_failures_classified() {
     assert_eq!(row.get::<_, &str>(1), "spansink");
     drop(client);
 
-    args.database_url = "postgres://nobody@[::1:5432/x".into();
+    args.database_url = Some("postgres://nobody@[::1:5432/x".into());
     let err = pg::connect(&args).await.unwrap_err();
     assert_eq!(err.class(), Class::Fatal, "{err}");
 
-    args.database_url = format!("{}_missing", db.url);
+    args.database_url = Some(format!("{}_missing", db.url));
     let err = pg::ping(&pg::connect(&args).await.unwrap())
         .await
         .unwrap_err();
     assert_eq!(err.class(), Class::Fatal, "a missing database: {err}");
 
-    args.database_url = "postgres://postgres@127.0.0.1:1/postgres".into();
+    args.database_url = Some("postgres://postgres@127.0.0.1:1/postgres".into());
     let err = pg::ping(&pg::connect(&args).await.unwrap())
         .await
         .unwrap_err();

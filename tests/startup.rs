@@ -13,7 +13,7 @@ use common::traffic::span_count;
 use spansink::kafka::mock::MockKafka;
 
 fn run_with(args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spansink"));
+    let mut cmd = Command::new(common::spansink::binary());
     for (k, _) in std::env::vars() {
         if k.starts_with("SPANSINK_") {
             cmd.env_remove(k);
@@ -148,7 +148,7 @@ async fn a_spool_directory_belongs_to_one_process_at_a_time() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--spool-dir"), "{stderr}");
     // So does `spool drain`, which would publish or discard behind its back.
-    let out = Command::new(env!("CARGO_BIN_EXE_spansink"))
+    let out = Command::new(common::spansink::binary())
         .args([
             "spool",
             &format!("--spool-dir={}", spool.path().display()),
@@ -161,7 +161,7 @@ async fn a_spool_directory_belongs_to_one_process_at_a_time() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--spool-dir"));
     // Reading it is harmless and allowed.
-    let list = Command::new(env!("CARGO_BIN_EXE_spansink"))
+    let list = Command::new(common::spansink::binary())
         .args([
             "spool",
             &format!("--spool-dir={}", spool.path().display()),

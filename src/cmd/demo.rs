@@ -80,7 +80,7 @@ pub async fn run(
     println!(
         "  produce your own:  kcat -b {bootstrap} -t {topic} -P -H X-Scope-OrgID=acme spans.pb   (one file, one message)"
     );
-    println!("  PostgreSQL:     {}", redact(&args.db.database_url));
+    println!("  PostgreSQL:     {}", redact(&args.db.url()));
 
     let pool = crate::pg::pool::connect(&args.db).await?;
     crate::cmd::migrate::apply(&pool, args.db.partitions_ahead_days).await?;
@@ -126,7 +126,7 @@ pub async fn run(
     println!("look at them:");
     println!(
         "  psql '{}' -c \"SELECT tenant_id, service_name, name, duration_ns/1e6 AS ms FROM spans WHERE resource_attributes->>'loadgen.run_id' = '{run_id}' ORDER BY start_time DESC LIMIT 20\"",
-        redact(&args.db.database_url)
+        redact(&args.db.url())
     );
     let complete = stored == produced.spans as i64;
     if !complete {
@@ -162,7 +162,7 @@ fn embedded_run_args(args: &DemoArgs, bootstrap: &str, run_id: &str) -> Result<R
     let argv = [
         "spansink".to_string(),
         format!("--brokers={bootstrap}"),
-        format!("--database-url={}", args.db.database_url),
+        format!("--database-url={}", args.db.url()),
         format!("--group-id=spansink-{run_id}"),
         format!("--metrics-addr={}", args.metrics_addr),
         "--no-migrate".to_string(),

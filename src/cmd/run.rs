@@ -10,10 +10,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchLimits;
-use crate::config::RunArgs;
+use crate::config::{AdminAddr, RunArgs};
 use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::error::{Class, Error, Result};
 use crate::health::Health;
+use crate::http::Admin;
 use crate::kafka::consume;
 use crate::kafka::lag::Lag;
 use crate::kafka::rebalance::Context;
@@ -69,10 +70,18 @@ pub async fn run(
         metrics,
         health.clone(),
         Some(pool.clone()),
-        Some(breakers.clone()),
         listener_stop.clone(),
     )
     .await?;
+    if let AdminAddr(Some(addr)) = args.admin_addr {
+        let admin = Admin {
+            addr,
+            breakers: breakers.clone(),
+            token: args.admin_token()?,
+            default_hold: poison.breaker_cooldown,
+        };
+        crate::http::serve_admin(admin, health.clone(), listener_stop.clone()).await?;
+    }
     tokio::spawn(tick(
         health.clone(),
         spool.clone(),
@@ -275,6 +284,7 @@ async fn tick(
         health.heartbeat();
         health.set_spool_full(spool.is_full());
         health.set_breaker_open(!breakers.open_topics().is_empty());
+        breakers.record_metrics();
         spool.record_metrics();
         lag.publish(std::time::SystemTime::now());
     }

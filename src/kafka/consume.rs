@@ -82,7 +82,7 @@ pub fn create(config: &ClientConfig, context: Context) -> Result<Arc<Consumer>> 
     config
         .create_with_context(context)
         .map(Arc::new)
-        .map_err(|e| Error::config("--kafka", e.to_string()))
+        .map_err(|e| crate::kafka::config_error("consumer", e))
 }
 
 /// Polls the consumer's main queue on a thread of its own until `stop`.
@@ -133,7 +133,9 @@ async fn poll(consumer: &Consumer, stopper: &Stopper) {
                 if err.class() == Class::Fatal {
                     stopper.fail(err);
                 } else {
-                    tracing::warn!(error = %err, "consumer error");
+                    if let Some(held_back) = crate::logcap::allow("consumer error") {
+                        tracing::warn!(error = %err, held_back, "consumer error");
+                    }
                 }
             }
         }

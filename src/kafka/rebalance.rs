@@ -148,7 +148,9 @@ impl ClientContext for Context {
             self.fail(err);
         } else {
             // Broker transport errors and the like: librdkafka reconnects by itself.
-            tracing::warn!(error = %err, reason, "Kafka client error");
+            if let Some(held_back) = crate::logcap::allow("Kafka client error") {
+                tracing::warn!(error = %err, reason, held_back, "Kafka client error");
+            }
         }
     }
 }

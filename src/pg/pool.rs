@@ -62,7 +62,7 @@ pub async fn ping(pool: &Pool) -> Result<()> {
 
 fn build(db: &DbArgs) -> Result<Pool> {
     let mut pg: tokio_postgres::Config = db
-        .database_url
+        .url()
         .parse()
         .map_err(|e: tokio_postgres::Error| Error::config("--database-url", e.to_string()))?;
     // An application_name or connect_timeout in the URL wins over ours.

@@ -241,12 +241,19 @@ struct Rows<'a> {
     total_spans: usize,
 }
 
-/// What makes a span the same span: a replay carries the same start.
+/// What makes a span the same span, as the primary key says: tenant, ids and
+/// the start to the microsecond (PostgreSQL's precision). A replay carries the
+/// same start.
 type SpanKey<'a> = (&'a str, &'a [u8; 16], &'a [u8; 8], i64);
 
+fn start_micros(unix_nano: i64) -> i64 {
+    unix_nano.div_euclid(1_000)
+}
+
 impl<'a> Rows<'a> {
-    /// Keeps the first occurrence of each span and the events of the message
-    /// it came from. Besides exact counts, this keeps the traces upsert valid:
+    /// Keeps the first occurrence of each span (in offset order, so which one is
+    /// stored never depends on chance) and the events of the message it came
+    /// from. Besides exact counts, this keeps the traces upsert valid:
     /// ON CONFLICT DO UPDATE refuses a statement that proposes one key twice.
     fn dedupe(messages: &[&'a DecodedTraces]) -> Self {
         let mut winner: HashMap<SpanKey<'a>, usize> = HashMap::new();
@@ -255,7 +262,12 @@ impl<'a> Rows<'a> {
         for (i, m) in messages.iter().enumerate() {
             for s in &m.spans {
                 total_spans += 1;
-                let key = (&*s.tenant_id, &s.trace_id, &s.span_id, s.start_unix_nano);
+                let key = (
+                    &*s.tenant_id,
+                    &s.trace_id,
+                    &s.span_id,
+                    start_micros(s.start_unix_nano),
+                );
                 if let Entry::Vacant(v) = winner.entry(key) {
                     v.insert(i);
                     spans.push(s);
@@ -272,7 +284,7 @@ impl<'a> Rows<'a> {
                         &*e.tenant_id,
                         &e.trace_id,
                         &e.span_id,
-                        e.span_start_unix_nano,
+                        start_micros(e.span_start_unix_nano),
                     );
                     winner.get(&key).is_none_or(|w| *w == i)
                 })
@@ -634,10 +646,22 @@ mod tests {
     #[test]
     fn tenant_and_start_are_part_of_the_identity() {
         let a = message(
-            vec![span("t", 1, 10), span("u", 1, 10), span("t", 1, 11)],
+            vec![span("t", 1, 10), span("u", 1, 10), span("t", 1, 2_000)],
             "e",
         );
         assert_eq!(Rows::dedupe(&[&a]).spans.len(), 3);
+    }
+
+    #[test]
+    fn starts_within_one_microsecond_are_one_span_and_the_first_wins() {
+        // As the primary key sees them: start_time has microseconds.
+        let a = message(vec![span("t", 1, 1_000)], "first");
+        let b = message(vec![span("t", 1, 1_001)], "second");
+        let rows = Rows::dedupe(&[&a, &b]);
+        assert_eq!(rows.spans.len(), 1);
+        assert_eq!(rows.spans[0].start_unix_nano, 1_000);
+        let events: Vec<&str> = rows.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(events, ["first"]);
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl DlqPublisher {
         let client_config = producer_config(config)?;
         let producer = client_config
             .create_with_context(DlqContext)
-            .map_err(|e| Error::config("--kafka", format!("dead-letter producer: {e}")))?;
+            .map_err(|e| crate::kafka::config_error("dead-letter producer", e))?;
         Ok(DlqPublisher {
             producer,
             topic: config.topic.clone(),

@@ -131,7 +131,9 @@ pub async fn commit(
                         return Outcome::Fatal(err);
                     }
                     [only] => {
-                        tracing::warn!(offset = messages[*only].offset, error = %err, "isolated a poison message");
+                        if let Some(held_back) = crate::logcap::allow("isolated a poison message") {
+                            tracing::warn!(offset = messages[*only].offset, error = %err, held_back, "isolated a poison message");
+                        }
                         let tried = attempts[*only].unwrap_or_else(Attempts::once);
                         match spool(ctx, &messages[*only], &err, tried).await {
                             Ok(entry) => ledger[*only] = Some(entry),
@@ -245,7 +247,11 @@ pub async fn spool(
     err: &Error,
     attempts: Attempts,
 ) -> std::result::Result<LedgerEntry, Outcome> {
-    if !ctx.breakers.poison(ctx.key.topic, ctx.probe) {
+    let tenant = message.tenant.as_deref().unwrap_or_default();
+    if !ctx
+        .breakers
+        .poison(ctx.key.topic, ctx.key.partition, tenant, ctx.probe)
+    {
         return Err(Outcome::Halted);
     }
     let dead_letter = dead_letter(ctx, message, err, attempts);
@@ -260,7 +266,10 @@ pub async fn spool(
                 metrics::counter!(m::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
                     "stage" => reason.stage(), "reason" => reason.as_str())
                 .increment(1);
-                tracing::warn!(offset = message.offset, reason = %reason, error = %err, id = %dead_letter.id, "dead-lettered");
+                // Every dead letter is counted and kept; the log samples them.
+                if let Some(held_back) = crate::logcap::allow("dead-lettered") {
+                    tracing::warn!(offset = message.offset, reason = %reason, error = %err, id = %dead_letter.id, held_back, "dead-lettered");
+                }
                 return Ok(ledger_entry(&dead_letter));
             }
             Ok(Err(e)) => {

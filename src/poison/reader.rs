@@ -35,7 +35,7 @@ fn read_blocking(kafka: &KafkaArgs, topic: &str, timeout: Duration) -> Result<Ve
     crate::kafka::consume::apply_overrides(&mut config, &kafka.kafka);
     let consumer: BaseConsumer = config
         .create()
-        .map_err(|e| Error::config("--kafka", e.to_string()))?;
+        .map_err(|e| crate::kafka::config_error("DLQ reader", e))?;
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = md
         .topics()

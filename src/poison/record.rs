@@ -18,17 +18,10 @@ pub fn dead_letter_id(group: &str, topic: &str, partition: i32, offset: i64) -> 
 
 /// Longest error text kept in a dead letter and its headers (bytes, cut at a
 /// character boundary).
-pub const MAX_ERROR_TEXT: usize = 1024;
+pub const MAX_ERROR_TEXT: usize = crate::logcap::MAX_TEXT;
 
 pub fn truncate_error(text: &str) -> String {
-    if text.len() <= MAX_ERROR_TEXT {
-        return text.to_string();
-    }
-    let mut end = MAX_ERROR_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
+    crate::logcap::cut(text, MAX_ERROR_TEXT).to_string()
 }
 
 pub fn describe(d: &DeadLetter) -> String {

@@ -72,7 +72,7 @@ impl TestDb {
     /// Database settings for `spansink::pg::connect`, sized for tests.
     pub fn db_args(&self) -> spansink::config::DbArgs {
         spansink::config::DbArgs {
-            database_url: self.url.clone(),
+            database_url: Some(self.url.clone()),
             pg_pool_size: 4,
             pg_pool_timeout: Duration::from_secs(10),
             pg_statement_timeout: Duration::from_secs(60),

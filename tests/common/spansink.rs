@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 pub struct Instance {
     child: Option<Child>,
     pub metrics_addr: String,
+    /// Where POST /breaker/close listens.
+    pub admin_addr: String,
     pub spool: PathBuf,
     log_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -37,6 +39,14 @@ const TEST_FLAGS: &[&str] = &[
     "--retry-max=1s",
     "--pg-pool-size=6",
 ];
+
+/// The binary under test: this build's, unless `SPANSINK_TEST_BIN` names
+/// another (a release build, or an older version to compare against).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("SPANSINK_TEST_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spansink").into())
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -63,8 +73,9 @@ impl Instance {
         let log_path = dir.path().join("spansink.log");
         let log = File::create(&log_path).expect("log file");
         let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let admin_addr = format!("127.0.0.1:{}", free_port());
         let spool = spool.map_or_else(|| dir.path().join("spool"), std::path::Path::to_path_buf);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spansink"));
+        let mut cmd = Command::new(binary());
         for (k, _) in std::env::vars() {
             if k.starts_with("SPANSINK_") {
                 cmd.env_remove(k);
@@ -75,6 +86,7 @@ impl Instance {
             .arg(format!("--database-url={database_url}"))
             .arg(format!("--group-id={group}"))
             .arg(format!("--metrics-addr={metrics_addr}"))
+            .arg(format!("--admin-addr={admin_addr}"))
             .arg(format!("--spool-dir={}", spool.display()))
             .args(TEST_FLAGS)
             .args(extra)
@@ -86,6 +98,7 @@ impl Instance {
         Instance {
             child: Some(child),
             metrics_addr,
+            admin_addr,
             spool,
             log_path,
             _dir: dir,
@@ -174,7 +187,7 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// Runs `spansink replay` to its end and returns its report; it must succeed.
 pub fn replay(bootstrap: &str, database_url: &str, extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_spansink"))
+    let out = Command::new(binary())
         .args([
             "replay",
             &format!("--brokers={bootstrap}"),
