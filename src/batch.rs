@@ -20,6 +20,24 @@ pub struct Pending {
     pub payload: Vec<u8>,
     /// The tenant, or why the message has none.
     pub tenant: Result<std::sync::Arc<str>, Error>,
+    /// What the message will take in memory once decoded (counted before
+    /// decoding), or why it is refused without being decoded.
+    pub decoded: Result<u64, Error>,
+}
+
+impl Pending {
+    /// The memory this message holds while it is in flight: its bytes as
+    /// received (key and headers included) and what decoding will make of them.
+    pub fn budget_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let received = self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + headers;
+        let decoded = self.decoded.as_ref().map_or(0, |d| *d);
+        received.saturating_add(usize::try_from(decoded).unwrap_or(usize::MAX))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +134,7 @@ mod tests {
             headers: vec![],
             payload: vec![0; len],
             tenant: Ok("t".into()),
+            decoded: Ok(0),
         }
     }
 

@@ -221,12 +221,31 @@ pub struct IngestArgs {
     /// Most attributes in one attribute set, and most entries in one array or map value.
     #[arg(long, env = "SPANSINK_MAX_ATTRIBUTES", default_value_t = 1024)]
     pub max_attributes: usize,
+    /// Most spans in one message [default: as many as fill a quarter of the
+    /// batch budget once decoded]. A message over it is dead-lettered.
+    #[arg(long, env = "SPANSINK_MAX_SPANS_PER_MESSAGE")]
+    pub max_spans_per_message: Option<u64>,
+    /// Most span events in one message [default: a quarter of the batch budget's worth].
+    #[arg(long, env = "SPANSINK_MAX_EVENTS_PER_MESSAGE")]
+    pub max_events_per_message: Option<u64>,
+    /// Most links in one message [default: a quarter of the batch budget's worth].
+    #[arg(long, env = "SPANSINK_MAX_LINKS_PER_MESSAGE")]
+    pub max_links_per_message: Option<u64>,
+    /// Most attributes and array or map entries in one message, all sets
+    /// together [default: a quarter of the batch budget's worth].
+    #[arg(long, env = "SPANSINK_MAX_VALUES_PER_MESSAGE")]
+    pub max_values_per_message: Option<u64>,
     /// Spans that started longer ago than this are refused.
     #[arg(long, env = "SPANSINK_ACCEPT_PAST", value_parser = parse_duration, default_value = "7d")]
     pub accept_past: Duration,
     /// Spans that start further in the future than this are refused.
     #[arg(long, env = "SPANSINK_ACCEPT_FUTURE", value_parser = parse_duration, default_value = "1d")]
     pub accept_future: Duration,
+    /// How long a partition's worker may wait for messages the partition holds
+    /// before the partition counts as stuck (readiness goes false): what a
+    /// message too large to receive looks like.
+    #[arg(long, env = "SPANSINK_FETCH_STUCK_AFTER", value_parser = parse_duration, default_value = "60s")]
+    pub fetch_stuck_after: Duration,
     /// First delay of the retry backoff for transient failures.
     #[arg(long, env = "SPANSINK_RETRY_INITIAL", value_parser = parse_duration, default_value = "100ms")]
     pub retry_initial: Duration,
@@ -457,11 +476,24 @@ impl IngestArgs {
         Ok(())
     }
 
+    /// The memory for batches being built and written: half the in-flight
+    /// budget (librdkafka's prefetch has the other half).
+    pub fn batch_budget(&self) -> usize {
+        self.max_inflight_bytes / 2
+    }
+
     pub fn limits(&self) -> crate::decode::Limits {
+        let quarter = crate::decode::ItemLimits::within(self.batch_budget() as u64 / 4);
         crate::decode::Limits {
             max_message_bytes: self.max_message_bytes,
             max_value_depth: self.max_value_depth,
             max_attributes: self.max_attributes,
+            items: crate::decode::ItemLimits {
+                max_spans: self.max_spans_per_message.unwrap_or(quarter.max_spans),
+                max_events: self.max_events_per_message.unwrap_or(quarter.max_events),
+                max_links: self.max_links_per_message.unwrap_or(quarter.max_links),
+                max_values: self.max_values_per_message.unwrap_or(quarter.max_values),
+            },
             accept_past: self.accept_past,
             accept_future: self.accept_future,
         }

@@ -46,8 +46,15 @@ pub enum Reason {
     MessageTooLarge,
     /// An AnyValue nests deeper than `--max-value-depth`.
     ValueTooDeep,
-    /// More attributes (or array/map entries) than `--max-attributes`.
+    /// More attributes (or array/map entries) than `--max-attributes` in one
+    /// set, or than `--max-values-per-message` in the message.
     TooManyAttributes,
+    /// More spans in one message than `--max-spans-per-message`.
+    TooManySpans,
+    /// More span events in one message than `--max-events-per-message`.
+    TooManyEvents,
+    /// More links in one message than `--max-links-per-message`.
+    TooManyLinks,
     /// A span starts outside the acceptance window.
     TimestampOutOfWindow,
     /// PostgreSQL class 22.
@@ -62,6 +69,8 @@ pub enum Reason {
     Panic,
     /// The process died repeatedly while this message alone was being processed.
     CrashLoop,
+    /// Writing this message alone outlasted the statement timeout, repeatedly.
+    StatementTimeout,
     /// A record read back from the DLQ topic lacks spansink's headers or holds
     /// malformed ones, so it cannot be replayed.
     BadDeadLetter,
@@ -79,6 +88,9 @@ impl Reason {
             Reason::MessageTooLarge => "message_too_large",
             Reason::ValueTooDeep => "value_too_deep",
             Reason::TooManyAttributes => "too_many_attributes",
+            Reason::TooManySpans => "too_many_spans",
+            Reason::TooManyEvents => "too_many_events",
+            Reason::TooManyLinks => "too_many_links",
             Reason::TimestampOutOfWindow => "timestamp_out_of_window",
             Reason::PgDataException => "pg_data_exception",
             Reason::PgCardinalityViolation => "pg_cardinality_violation",
@@ -86,6 +98,7 @@ impl Reason {
             Reason::PgProgramLimit => "pg_program_limit",
             Reason::Panic => "panic",
             Reason::CrashLoop => "crash_loop",
+            Reason::StatementTimeout => "statement_timeout",
             Reason::BadDeadLetter => "bad_dead_letter",
         }
     }
@@ -102,17 +115,21 @@ impl Reason {
             | Reason::MessageTooLarge
             | Reason::ValueTooDeep
             | Reason::TooManyAttributes
+            | Reason::TooManySpans
+            | Reason::TooManyEvents
+            | Reason::TooManyLinks
             | Reason::TimestampOutOfWindow => "validate",
             Reason::PgDataException
             | Reason::PgCardinalityViolation
             | Reason::PgIntegrityViolation
-            | Reason::PgProgramLimit => "write",
+            | Reason::PgProgramLimit
+            | Reason::StatementTimeout => "write",
             Reason::Panic | Reason::CrashLoop => "crash",
         }
     }
 
     /// Every reason, for metrics that start at zero.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 21] = [
         Reason::BadProtobuf,
         Reason::InvalidUtf8,
         Reason::BadJson,
@@ -122,6 +139,9 @@ impl Reason {
         Reason::MessageTooLarge,
         Reason::ValueTooDeep,
         Reason::TooManyAttributes,
+        Reason::TooManySpans,
+        Reason::TooManyEvents,
+        Reason::TooManyLinks,
         Reason::TimestampOutOfWindow,
         Reason::PgDataException,
         Reason::PgCardinalityViolation,
@@ -129,6 +149,7 @@ impl Reason {
         Reason::PgProgramLimit,
         Reason::Panic,
         Reason::CrashLoop,
+        Reason::StatementTimeout,
         Reason::BadDeadLetter,
     ];
 }
@@ -198,6 +219,19 @@ impl Error {
             detail
         };
         Error::Input { reason, detail }
+    }
+
+    /// The same verdict again, for a message judged once and refused later.
+    /// Only input errors are ever reissued (a message's scan refuses nothing
+    /// else); anything else would be a bug, reported as one.
+    pub fn reissue(&self) -> Self {
+        match self {
+            Error::Input { reason, detail } => Error::Input {
+                reason: *reason,
+                detail: detail.clone(),
+            },
+            other => Error::Internal(other.to_string()),
+        }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -4,6 +4,7 @@
 //! subscribed topic exists, the spool is not full, and no circuit breaker is open. Live means: the main loop made progress recently.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default)]
@@ -15,6 +16,8 @@ pub struct Health {
     breaker_open: AtomicBool,
     /// Unix seconds of the main loop's last turn.
     heartbeat: AtomicU64,
+    /// Partitions whose messages cannot be fetched, described.
+    stuck: Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -44,6 +47,10 @@ impl Health {
         self.breaker_open.store(open, Ordering::Relaxed);
     }
 
+    pub fn set_stuck(&self, stuck: Vec<String>) {
+        *self.stuck.lock().unwrap_or_else(|p| p.into_inner()) = stuck;
+    }
+
     pub fn heartbeat(&self) {
         self.heartbeat.store(unix_now(), Ordering::Relaxed);
     }
@@ -62,6 +69,9 @@ impl Health {
         }
         if self.breaker_open.load(Ordering::Relaxed) {
             reasons.push("circuit breaker open".to_string());
+        }
+        for stuck in self.stuck.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            reasons.push(format!("cannot fetch {stuck}"));
         }
         if !self.joined.load(Ordering::Relaxed) {
             reasons.push("consumer has not joined its group".to_string());

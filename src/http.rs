@@ -249,10 +249,7 @@ impl AsyncWrite for Tracked {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -366,4 +363,3 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> std::result::Result<(), (St
         )),
     }
 }
-

@@ -25,14 +25,23 @@ pub fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// `text` cut to [`MAX_TEXT`], saying how much was left out.
+/// The end of an error text kept when its middle is cut: where the cause is
+/// usually named ("…: recursion limit reached").
+const KEPT_TAIL: usize = 128;
+
+/// `text` in at most about [`MAX_TEXT`] bytes: its beginning and its end, and
+/// how much of the middle was left out.
 pub fn capped(text: &str) -> String {
-    let kept = cut(text, MAX_TEXT);
-    if kept.len() == text.len() {
-        text.to_string()
-    } else {
-        format!("{kept}… ({} more bytes)", text.len() - kept.len())
+    if text.len() <= MAX_TEXT {
+        return text.to_string();
     }
+    let head = cut(text, MAX_TEXT - KEPT_TAIL);
+    let mut tail_start = text.len() - KEPT_TAIL;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    let left_out = tail_start - head.len();
+    format!("{head}…({left_out} bytes cut)…{}", &text[tail_start..])
 }
 
 /// Whether the call site `site` may log now: at most once every ten seconds.
@@ -68,10 +77,11 @@ mod tests {
     fn text_is_cut_at_a_character_boundary_and_says_so() {
         assert_eq!(cut("abc", 10), "abc");
         assert_eq!(cut("ééé", 3), "é");
-        let long = "x".repeat(5000);
+        let long = format!("{}: the cause", "x".repeat(5000));
         let kept = capped(&long);
         assert!(kept.len() < MAX_TEXT + 40, "{}", kept.len());
-        assert!(kept.ends_with("(3976 more bytes)"), "{kept}");
+        assert!(kept.contains("bytes cut)"), "{kept}");
+        assert!(kept.ends_with(": the cause"), "{kept}");
     }
 
     #[test]

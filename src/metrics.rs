@@ -19,6 +19,7 @@ pub const SPAN_LINKS_WRITTEN: &str = "spansink_span_links_written_total";
 /// need no change when they are.
 pub const LOG_RECORDS_WRITTEN: &str = "spansink_log_records_written_total";
 pub const BATCHES_COMMITTED: &str = "spansink_batches_committed_total";
+pub const BATCH_SPLITS: &str = "spansink_batch_splits_total";
 pub const BATCH_MESSAGES: &str = "spansink_batch_messages";
 pub const BATCH_SPANS: &str = "spansink_batch_spans";
 pub const PG_TRANSACTION_SECONDS: &str = "spansink_pg_transaction_duration_seconds";
@@ -36,6 +37,7 @@ pub const MESSAGES_BELOW_STORED_OFFSET: &str = "spansink_messages_below_stored_o
 pub const KAFKA_COMMIT_FAILURES: &str = "spansink_kafka_commit_failures_total";
 pub const INFLIGHT_BYTES: &str = "spansink_inflight_bytes";
 pub const PARTITION_PAUSED: &str = "spansink_partition_paused";
+pub const PARTITION_STUCK: &str = "spansink_partition_stuck";
 pub const CONSUMER_LAG_MESSAGES: &str = "spansink_consumer_lag_messages";
 pub const CONSUMER_LAG_SECONDS: &str = "spansink_consumer_lag_seconds";
 // Failures.
@@ -122,6 +124,11 @@ fn describe() {
         BATCHES_COMMITTED,
         Unit::Count,
         "Batch transactions committed, per topic."
+    );
+    describe_counter!(
+        BATCH_SPLITS,
+        Unit::Count,
+        "Batches split in two, per topic and cause: poison (a message PostgreSQL refuses) or too_slow (a statement outlasted --pg-statement-timeout)."
     );
     describe_histogram!(
         BATCH_MESSAGES,
@@ -283,6 +290,11 @@ fn describe() {
         "1 while an operator holds the topic's breakers closed (POST /breaker/close)."
     );
     describe_gauge!(
+        PARTITION_STUCK,
+        Unit::Count,
+        "1 while a partition's messages cannot be fetched (its worker has waited a minute while the partition's end is beyond librdkafka's fetch position: a message larger than the consumer may receive)."
+    );
+    describe_gauge!(
         PARTITION_WORKERS,
         Unit::Count,
         "Live workers per assigned partition: never more than 1."
@@ -352,6 +364,9 @@ pub fn init_topic(topic: &str) {
     ] {
         metrics::counter!(name, "topic" => t.clone()).increment(0);
     }
+    for cause in ["poison", "too_slow"] {
+        metrics::counter!(BATCH_SPLITS, "topic" => t.clone(), "cause" => cause).increment(0);
+    }
     for reason in crate::error::Reason::ALL {
         metrics::counter!(DEAD_LETTERS, "topic" => t.clone(), "stage" => reason.stage(), "reason" => reason.as_str())
             .increment(0);
@@ -375,6 +390,7 @@ pub fn init_partition(topic: &str, partition: i32) {
     metrics::gauge!(CONSUMER_LAG_MESSAGES, &labels).set(0.0);
     metrics::gauge!(CONSUMER_LAG_SECONDS, &labels).set(0.0);
     metrics::gauge!(PARTITION_PAUSED, &labels).set(0.0);
+    metrics::gauge!(PARTITION_STUCK, &labels).set(0.0);
 }
 
 /// Process-wide series, at zero until something happens.

@@ -68,6 +68,8 @@ pub struct WorkerSettings {
     pub batch: BatchLimits,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// The sessions' `statement_timeout` (`--pg-statement-timeout`); zero: none.
+    pub statement_timeout: Duration,
     /// Test-only fault injection: abort the process on a payload holding these bytes.
     pub fault_abort_marker: Option<String>,
 }
@@ -283,7 +285,7 @@ impl PartitionWorker {
     async fn collect(&mut self, limits: &BatchLimits) -> Batch {
         let mut batch = Batch::new();
         if let Some(p) = self.carry.take() {
-            let permit = self.reserve_blocking(p.payload.len()).await;
+            let permit = self.reserve_blocking(p.budget_bytes()).await;
             batch.push(p, permit);
         }
         while !batch.is_full(limits) {
@@ -291,12 +293,18 @@ impl PartitionWorker {
                 .deadline(limits)
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            if batch.is_empty() {
+                self.shared.lag.idle(&self.topic, self.partition, true);
+            }
             let pending = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep_until(linger_end), if !batch.is_empty() => break,
                 received = self.queue.recv() => match received {
-                    Ok(msg) => self.admit(&msg),
+                    Ok(msg) => {
+                        self.shared.lag.idle(&self.topic, self.partition, false);
+                        self.admit(&msg)
+                    }
                     Err(e) => {
                         if let Some(held_back) = crate::logcap::allow("fetch error") {
                             tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, held_back, "fetch error");
@@ -306,7 +314,7 @@ impl PartitionWorker {
                 },
             };
             let Some(pending) = pending else { continue };
-            match self.try_reserve(pending.payload.len()) {
+            match self.try_reserve(pending.budget_bytes()) {
                 Some(permit) => batch.push(pending, Some(permit)),
                 None if !batch.is_empty() => {
                     // Out of budget with a batch in hand: write it now, which frees
@@ -315,7 +323,7 @@ impl PartitionWorker {
                     break;
                 }
                 None => {
-                    let permit = self.reserve_blocking(pending.payload.len()).await;
+                    let permit = self.reserve_blocking(pending.budget_bytes()).await;
                     batch.push(pending, permit);
                 }
             }
@@ -354,6 +362,9 @@ impl PartitionWorker {
             }
         }
         let tenant = crate::tenant::resolve(tenant_header.as_deref(), &settings.default_tenant);
+        // Counted now, so that the budget covers what decoding will make of it.
+        let decoded = decode::scan_traces(payload, self.encoding, &settings.limits)
+            .map(|counts| counts.decoded_bytes(payload.len()));
         Some(Pending {
             offset,
             timestamp_ms: msg.timestamp().to_millis(),
@@ -361,6 +372,7 @@ impl PartitionWorker {
             headers,
             payload: payload.to_vec(),
             tenant,
+            decoded,
         })
     }
 
@@ -567,6 +579,7 @@ impl PartitionWorker {
             probe,
             retry_initial: shared.settings.retry_initial,
             retry_max: shared.settings.retry_max,
+            statement_timeout: shared.settings.statement_timeout,
         };
         let mut expected = self.expected;
         let outcome = isolate::commit(&ctx, &mut expected, messages, &decoded).await;
@@ -640,10 +653,13 @@ impl PartitionWorker {
                 std::process::abort();
             }
         }
+        if let Err(refused) = &message.decoded {
+            return Err(refused.reissue());
+        }
         let (payload, encoding, limits) = (&message.payload, self.encoding, &settings.limits);
         // Decoding reads only its inputs: nothing it could leave half-changed.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decode::decode_traces(payload, encoding, tenant, limits, SystemTime::now())
+            decode::decode_scanned_traces(payload, encoding, tenant, limits, SystemTime::now())
         }))
         .unwrap_or_else(|panic| {
             metrics::counter!(m::PANICS).increment(1);

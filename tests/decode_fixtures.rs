@@ -42,6 +42,7 @@ fn limits() -> Limits {
         max_message_bytes: 16 << 20,
         max_value_depth: 32,
         max_attributes: 1024,
+        items: spansink::decode::ItemLimits::UNLIMITED,
         accept_past: Duration::from_secs(30 * 86_400),
         accept_future: Duration::from_secs(30 * 86_400),
     }

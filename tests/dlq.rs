@@ -267,6 +267,7 @@ async fn a_dead_letter_arrives_unchanged_with_every_header_and_reads_back() {
         text(header::ERROR, &full.error),
         text(header::SQLSTATE, "22003"),
         text(header::ATTEMPTS, "2"),
+        text(header::SIZE, "6"),
         text(header::FIRST_FAILURE, "2023-11-14T22:13:25.007Z"),
         text(header::INSTANCE, "test-1"),
         text(header::VERSION, "0.1.0"),

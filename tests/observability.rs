@@ -374,6 +374,32 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, instance: a}
 
+  # A stuck partition fires after 5m; one that is not stuck does not.
+  - interval: 1m
+    input_series:
+      - series: 'spansink_partition_stuck{instance="a",job="spansink",topic="t",partition="0"}'
+        values: '1x20'
+      - series: 'spansink_partition_stuck{instance="a",job="spansink",topic="t",partition="1"}'
+        values: '0x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: SpansinkPartitionStuck
+        exp_alerts:
+          - exp_labels: {severity: critical, instance: a, job: spansink, topic: t, partition: "0"}
+
+  # A breaker held closed fires; one that is not held does not.
+  - interval: 1m
+    input_series:
+      - series: 'spansink_circuit_breaker_held{instance="a",job="spansink",topic="t"}'
+        values: '1x10'
+      - series: 'spansink_circuit_breaker_held{instance="a",job="spansink",topic="u"}'
+        values: '0x10'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: SpansinkCircuitBreakerHeld
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: a, job: spansink, topic: t}
+
   # An oversize dead letter fires; an instance without one does not.
   - interval: 1m
     input_series:

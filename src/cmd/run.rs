@@ -43,9 +43,25 @@ pub async fn run(
 ) -> Result<()> {
     args.validate()?;
     let stopper = Stopper::new(shutdown.clone());
+    let lag = Arc::new(Lag::new(args.ingest.fetch_stuck_after));
+    // The Kafka clients first: librdkafka refuses a setting only when a client
+    // is created, and that is a configuration error to report at once, before
+    // anything waits on the network.
+    let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = consume::create(
+        &consumer_config(args),
+        Context::new(events, lag.clone(), stopper.clone()),
+    )?;
+    let poison = &args.poison;
+    let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
+        topic: poison.dlq_topic.clone(),
+        brokers: args.kafka.brokers.clone(),
+        kafka: args.kafka.kafka.clone(),
+        instance: args.instance_id.clone(),
+        message_timeout: poison.dlq_message_timeout,
+    })?);
     let pool = pg::pool::connect(&args.db).await?;
     let health = Arc::new(Health::new());
-    let poison = &args.poison;
     // Opening the spool locks its directory and reads every entry back,
     // quarantining torn ones.
     let spool = Arc::new(Spool::open(SpoolConfig {
@@ -62,7 +78,6 @@ pub async fn run(
         min_messages: poison.breaker_min_messages,
         cooldown: poison.breaker_cooldown,
     }));
-    let lag = Arc::new(Lag::default());
     // The listener outlives the drain, so that probes keep answering.
     let listener_stop = CancellationToken::new();
     crate::http::serve(
@@ -97,13 +112,6 @@ pub async fn run(
         })
         .await?;
     }
-    let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
-        topic: poison.dlq_topic.clone(),
-        brokers: args.kafka.brokers.clone(),
-        kafka: args.kafka.kafka.clone(),
-        instance: args.instance_id.clone(),
-        message_timeout: poison.dlq_message_timeout,
-    })?);
     let drainer = Arc::new(Drainer::new(spool.clone(), publisher, pool.clone()));
     // Before consuming, no batch of this spool is in flight: what the ledger
     // does not hold for it will never be published from here.
@@ -147,13 +155,14 @@ pub async fn run(
             },
             retry_initial: ingest.retry_initial,
             retry_max: ingest.retry_max,
+            statement_timeout: args.db.pg_statement_timeout,
             fault_abort_marker: args.fault_abort_marker.clone(),
         },
         writer,
         spool,
         crash_guard,
         breakers,
-        budget: Budget::new(ingest.max_inflight_bytes / 2),
+        budget: Budget::new(ingest.batch_budget()),
         lag: lag.clone(),
         health: health.clone(),
         instance: args.instance_id.clone(),
@@ -167,7 +176,17 @@ pub async fn run(
         .map(|t| (t.name.clone(), t.encoding))
         .collect();
 
-    let consumed = consume_until_stopped(args, &stopper, shared, pool, topics, health, lag).await;
+    let consumed = consume_until_stopped(
+        args,
+        &stopper,
+        Kafka { consumer, inbox },
+        shared,
+        pool,
+        topics,
+        health,
+        lag,
+    )
+    .await;
     // Whatever was committed last may still be published.
     drainer_stop.cancel();
     if drainer_task.await.is_err() {
@@ -181,11 +200,30 @@ pub async fn run(
     }
 }
 
+fn consumer_config(args: &RunArgs) -> rdkafka::ClientConfig {
+    let ingest = &args.ingest;
+    consume::consumer_config(
+        &args.kafka,
+        &ingest.group_id,
+        ingest.batch_budget(),
+        ingest.batch_max_bytes,
+        ingest.max_message_bytes,
+    )
+}
+
+/// The consumer and the events its rebalance callback sends.
+struct Kafka {
+    consumer: Arc<consume::Consumer>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<crate::kafka::rebalance::RebalanceEvent>,
+}
+
 /// The consumer, its poll thread and the coordinator, until shutdown; then
 /// every worker drains and the consumer leaves its group.
+#[allow(clippy::too_many_arguments)]
 async fn consume_until_stopped(
     args: &RunArgs,
     stopper: &Stopper,
+    kafka: Kafka,
     shared: Arc<Shared>,
     pool: deadpool_postgres::Pool,
     topics: HashMap<String, crate::config::Encoding>,
@@ -193,15 +231,7 @@ async fn consume_until_stopped(
     lag: Arc<Lag>,
 ) -> Result<()> {
     let ingest = &args.ingest;
-    let prefetch = ingest.max_inflight_bytes / 2;
-    let config = consume::consumer_config(
-        &args.kafka,
-        &ingest.group_id,
-        prefetch,
-        ingest.batch_max_bytes,
-    );
-    let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = consume::create(&config, Context::new(events, lag, stopper.clone()))?;
+    let Kafka { consumer, inbox } = kafka;
     let names: Vec<String> = topics.keys().cloned().collect();
     let waited = consume::wait_for_topics(
         &consumer,
@@ -226,6 +256,8 @@ async fn consume_until_stopped(
 
     let poller = consume::spawn_poller(consumer.clone(), stopper.clone())
         .map_err(|e| Error::io("starting the Kafka poll thread", e))?;
+    let watermarks =
+        tokio::spawn(Arc::clone(&lag).watch_watermarks(consumer.clone(), stopper.token().clone()));
     Coordinator::new(CoordinatorConfig {
         consumer: consumer.clone(),
         events: inbox,
@@ -238,6 +270,7 @@ async fn consume_until_stopped(
     })
     .run()
     .await;
+    let _ = watermarks.await;
     // Every worker has ended. Closing blocks while librdkafka leaves the group,
     // and runs a last revocation through the (now gone) coordinator: off the
     // async workers, after the poll thread has let go.
@@ -287,6 +320,21 @@ async fn tick(
         breakers.record_metrics();
         spool.record_metrics();
         lag.publish(std::time::SystemTime::now());
+        let stuck = lag.stuck();
+        for ((topic, partition), offset) in &stuck {
+            if let Some(held_back) = crate::logcap::allow("partition stuck") {
+                tracing::error!(topic, partition, offset, held_back,
+                    "no message can be fetched although the partition holds more: a message larger than the consumer may receive (receive.message.max.bytes, derived from --max-message-bytes)? Raise --max-message-bytes, or skip it by hand");
+            }
+        }
+        health.set_stuck(
+            stuck
+                .into_iter()
+                .map(|((topic, partition), offset)| {
+                    format!("{topic}/{partition} at offset {offset}")
+                })
+                .collect(),
+        );
     }
 }
 

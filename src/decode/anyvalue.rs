@@ -269,6 +269,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             max_value_depth: depth,
             max_attributes: entries,
+            items: crate::decode::ItemLimits::UNLIMITED,
             accept_past: Duration::from_secs(1),
             accept_future: Duration::from_secs(1),
         }

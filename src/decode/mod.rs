@@ -19,6 +19,7 @@
 mod anyvalue;
 mod json;
 mod logs;
+pub mod prescan;
 mod proto;
 mod rows;
 mod validate;
@@ -30,6 +31,8 @@ use crate::config::Encoding;
 use crate::error::{Error, Reason, Result};
 use crate::model::{DecodedLogs, DecodedTraces};
 
+pub use prescan::{Counts, ItemLimits};
+
 pub use json::{parse_logs_request_json, parse_request_json};
 pub use proto::{parse_logs_request_proto, parse_request_proto};
 
@@ -39,6 +42,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_value_depth: usize,
     pub max_attributes: usize,
+    /// What one message may decode into.
+    pub items: ItemLimits,
     pub accept_past: Duration,
     pub accept_future: Duration,
 }
@@ -53,7 +58,25 @@ pub fn decode_traces(
     limits: &Limits,
     now: SystemTime,
 ) -> Result<DecodedTraces> {
+    scan_traces(payload, encoding, limits)?;
+    decode_scanned_traces(payload, encoding, tenant, limits, now)
+}
+
+/// Checks a trace message's size and counts ([`prescan`]) without decoding
+/// it; what it would decode into.
+pub fn scan_traces(payload: &[u8], encoding: Encoding, limits: &Limits) -> Result<Counts> {
     check_size(payload, limits)?;
+    prescan::scan_traces(payload, encoding, &limits.items)
+}
+
+/// [`decode_traces`] of a message that [`scan_traces`] already accepted.
+pub fn decode_scanned_traces(
+    payload: &[u8],
+    encoding: Encoding,
+    tenant: &Arc<str>,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<DecodedTraces> {
     let request = match encoding {
         Encoding::OtlpProto => parse_request_proto(payload)?,
         Encoding::OtlpJson => parse_request_json(payload)?,
@@ -98,10 +121,10 @@ fn check_size(payload: &[u8], limits: &Limits) -> Result<()> {
 /// on the error path.
 fn in_context(err: Error, context: impl FnOnce() -> String) -> Error {
     match err {
-        Error::Input { reason, detail } => Error::Input {
-            reason,
-            detail: format!("{}: {detail}", context()),
-        },
+        Error::Input { reason, detail } => {
+            // The context may quote the input (an attribute's key): capped again.
+            Error::input(reason, format!("{}: {detail}", context()))
+        }
         other => other,
     }
 }
@@ -133,6 +156,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             max_value_depth: 32,
             max_attributes: 128,
+            items: crate::decode::ItemLimits::UNLIMITED,
             accept_past: Duration::from_secs(2 * 3600),
             accept_future: Duration::from_secs(3600),
         }

@@ -149,6 +149,7 @@ mod tests {
             max_message_bytes: 1,
             max_value_depth: 1,
             max_attributes: 1,
+            items: crate::decode::ItemLimits::UNLIMITED,
             accept_past: 2 * HOUR,
             accept_future: HOUR,
         };
@@ -201,6 +202,7 @@ mod tests {
             max_message_bytes: 1,
             max_value_depth: 1,
             max_attributes: 1,
+            items: crate::decode::ItemLimits::UNLIMITED,
             accept_past: Duration::MAX,
             accept_future: Duration::MAX,
         };

@@ -80,4 +80,5 @@ pub fn remove_partition_series(topic: &str, partition: i32) {
     metrics::gauge!(m::CONSUMER_LAG_SECONDS, &labels).set(0.0);
     metrics::gauge!(m::PARTITION_PAUSED, &labels).set(0.0);
     metrics::gauge!(m::PARTITION_WORKERS, &labels).set(0.0);
+    metrics::gauge!(m::PARTITION_STUCK, &labels).set(0.0);
 }

@@ -24,20 +24,33 @@ pub type Consumer = StreamConsumer<Context>;
 const MAX_QUEUED_KBYTES: usize = 2_097_151;
 /// librdkafka's own default and ceiling for one fetch response.
 const MAX_FETCH_BYTES: usize = 50 << 20;
+/// librdkafka's ceiling for `receive.message.max.bytes`.
+const MAX_RECEIVE_BYTES: usize = 2_147_483_647;
 
 /// The consumer settings spansink relies on, then the operator's `--kafka` settings.
 ///
 /// `prefetch_budget` is the half of `--max-inflight-bytes` that librdkafka may hold
 /// in its prefetch queue; the other half bounds the batches being built and written.
+///
+/// Fetch sizes never shrink below one message: memory is bounded by pausing
+/// partitions, not by refusing to receive. A record batch up to twice
+/// `--max-message-bytes` is received whatever the budget, so that a message
+/// over the limit arrives and is dead-lettered as `message_too_large`; only a
+/// larger one cannot be, and its partition shows as stuck.
 pub fn consumer_config(
     kafka: &KafkaArgs,
     group_id: &str,
     prefetch_budget: usize,
     batch_max_bytes: usize,
+    max_message_bytes: usize,
 ) -> ClientConfig {
     let fetch_max = (prefetch_budget / 4).clamp(1 << 20, MAX_FETCH_BYTES);
     let partition_fetch_max = batch_max_bytes.clamp(1 << 20, fetch_max);
     let queued_kbytes = (prefetch_budget / 1024).clamp(1024, MAX_QUEUED_KBYTES);
+    let receive_max = fetch_max
+        .max(max_message_bytes.saturating_mul(2))
+        .saturating_add(512)
+        .min(MAX_RECEIVE_BYTES);
 
     let mut config = ClientConfig::new();
     config
@@ -61,7 +74,7 @@ pub fn consumer_config(
         .set("queued.max.messages.kbytes", queued_kbytes.to_string())
         .set("fetch.max.bytes", fetch_max.to_string())
         .set("max.partition.fetch.bytes", partition_fetch_max.to_string())
-        .set("receive.message.max.bytes", (fetch_max + 512).to_string())
+        .set("receive.message.max.bytes", receive_max.to_string())
         // Statistics carry each partition's end offset, for the lag gauges.
         .set("statistics.interval.ms", "5000")
         // A topic created after start is noticed within seconds, not minutes.
@@ -226,7 +239,7 @@ mod tests {
 
     #[test]
     fn limits_derive_from_one_budget() {
-        let c = consumer_config(&args(&[]), "g", 128 << 20, 8 << 20);
+        let c = consumer_config(&args(&[]), "g", 128 << 20, 8 << 20, 16 << 20);
         assert_eq!(c.get("queued.max.messages.kbytes"), Some("131072"));
         assert_eq!(
             c.get("fetch.max.bytes"),
@@ -235,6 +248,11 @@ mod tests {
         assert_eq!(
             c.get("max.partition.fetch.bytes"),
             Some(&*(8usize << 20).to_string())
+        );
+        assert_eq!(
+            c.get("receive.message.max.bytes"),
+            Some(&*((32usize << 20) + 512).to_string()),
+            "twice the largest message, whatever the budget"
         );
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(
@@ -250,6 +268,7 @@ mod tests {
             "g",
             64 << 20,
             1 << 20,
+            16 << 20,
         );
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));
     }
@@ -266,6 +285,7 @@ mod tests {
             "g",
             64 << 20,
             1 << 20,
+            16 << 20,
         );
         let created = create(&c, crate::kafka::rebalance::Context::detached());
         assert!(
@@ -277,7 +297,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_setting_fails_naming_it() {
-        let c = consumer_config(&args(&[("no.such.setting", "1")]), "g", 64 << 20, 1 << 20);
+        let c = consumer_config(
+            &args(&[("no.such.setting", "1")]),
+            "g",
+            64 << 20,
+            1 << 20,
+            16 << 20,
+        );
         let pipeline = crate::kafka::rebalance::Context::detached();
         let err = create(&c, pipeline)
             .err()

@@ -1,23 +1,47 @@
-//! Consumer lag per partition, in messages and in seconds.
+//! Consumer lag per partition, in messages and in seconds, and partitions
+//! whose fetching is stuck.
 //!
-//! Messages: the partition's last stable offset (librdkafka's statistics; a
-//! read_committed consumer cannot go past it) minus the offset PostgreSQL holds.
+//! Messages: the partition's end (the larger of the last stable offset in
+//! librdkafka's statistics and the high watermark asked of the broker every
+//! few seconds, which stays truthful while fetches fail) minus the offset
+//! PostgreSQL holds.
 //! Seconds: the age of the oldest message not yet committed. It stays truthful
 //! when nothing is in flight (breaker open, spool full, fetching paused): then it
 //! is the age of the last committed message, which only grows, for as long as
 //! the lag in messages is above zero.
+//!
+//! Stuck: the worker has waited for a message for `--fetch-stuck-after` while the
+//! partition's end is beyond librdkafka's fetch position. That is what a
+//! message too large to receive looks like (librdkafka retries the fetch for
+//! ever), whatever error text goes with it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::Consumer as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::consume::Consumer;
 
 use crate::kafka::rebalance::TopicPartition;
 use crate::metrics as m;
 
+/// How often the high watermarks are asked of the broker.
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a worker may wait for a message that should come before its
+/// partition counts as stuck, unless configured.
+pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default, Clone, Copy)]
 struct PartitionLag {
-    /// Last stable offset from librdkafka's statistics.
+    /// The partition's end: its last stable or high watermark offset.
     end: Option<i64>,
+    /// librdkafka's next offset to fetch, from its statistics.
+    fetch_position: Option<i64>,
+    /// Since when the worker has been waiting for a message with nothing in hand.
+    idle_since: Option<Instant>,
     /// What PostgreSQL holds: the next offset to consume.
     next: Option<i64>,
     /// Kafka timestamp of the oldest message fetched and not yet committed.
@@ -26,24 +50,73 @@ struct PartitionLag {
     last_committed_ms: Option<i64>,
 }
 
-#[derive(Default)]
 pub struct Lag {
     partitions: Mutex<HashMap<TopicPartition, PartitionLag>>,
+    stuck_after: Duration,
+}
+
+impl Default for Lag {
+    fn default() -> Self {
+        Lag::new(STUCK_AFTER)
+    }
 }
 
 impl Lag {
+    pub fn new(stuck_after: Duration) -> Self {
+        Lag {
+            partitions: Mutex::default(),
+            stuck_after,
+        }
+    }
+
     fn with(&self, topic: &str, partition: i32, f: impl FnOnce(&mut PartitionLag)) {
         let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         f(map.entry((topic.to_string(), partition)).or_default());
     }
 
-    /// From librdkafka's statistics callback.
+    /// From librdkafka's statistics callback, or a watermark query.
     pub fn set_end(&self, topic: &str, partition: i32, end: i64) {
         let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         // Only partitions this instance tracks: statistics also list others.
         if let Some(p) = map.get_mut(&(topic.to_string(), partition)) {
-            p.end = Some(end);
+            p.end = Some(p.end.map_or(end, |e| e.max(end)));
         }
+    }
+
+    /// librdkafka's fetch position, from its statistics.
+    pub fn set_fetch_position(&self, topic: &str, partition: i32, position: i64) {
+        let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = map.get_mut(&(topic.to_string(), partition)) {
+            p.fetch_position = Some(position);
+        }
+    }
+
+    /// The worker waits for a message with nothing in hand (true), or has one (false).
+    pub fn idle(&self, topic: &str, partition: i32, idle: bool) {
+        self.with(topic, partition, |p| match (idle, p.idle_since) {
+            (true, None) => p.idle_since = Some(Instant::now()),
+            (false, Some(_)) => p.idle_since = None,
+            _ => {}
+        });
+    }
+
+    /// The partitions this instance tracks.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// Partitions whose worker has waited `stuck_after` for messages that
+    /// librdkafka does not deliver, with the offset they are stuck at.
+    pub fn stuck(&self) -> Vec<(TopicPartition, i64)> {
+        let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter_map(|(tp, p)| {
+                let waited = p.idle_since?.elapsed() >= self.stuck_after;
+                let position = p.fetch_position.or(p.next)?;
+                (waited && p.end? > position).then(|| (tp.clone(), position))
+            })
+            .collect()
     }
 
     pub fn assigned(&self, topic: &str, partition: i32, next: Option<i64>) {
@@ -78,11 +151,45 @@ impl Lag {
         map.remove(&(topic.to_string(), partition));
     }
 
+    /// Asks the broker for each tracked partition's high watermark every
+    /// [`WATERMARK_INTERVAL`], until `stop`: librdkafka's statistics learn it
+    /// only from fetches that succeed, and a partition whose fetches fail must
+    /// still show its lag.
+    pub async fn watch_watermarks(
+        self: Arc<Self>,
+        consumer: Arc<Consumer>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(WATERMARK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (lag, consumer) = (Arc::clone(&self), Arc::clone(&consumer));
+            let asked = tokio::task::spawn_blocking(move || {
+                for (topic, partition) in lag.partitions() {
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                    {
+                        lag.set_end(&topic, partition, high);
+                    }
+                }
+            });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = asked => {}
+            }
+        }
+    }
+
     /// Sets the lag gauges of every tracked partition.
     pub fn publish(&self, now: SystemTime) {
         let now_ms = crate::clock::unix_millis(now);
+        let stuck = self.stuck();
         let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         for ((topic, partition), p) in map.iter() {
+            let is_stuck = stuck.iter().any(|((t, q), _)| t == topic && q == partition);
             let (messages, seconds) = p.lag(now_ms);
             let labels = [
                 ("topic", topic.clone()),
@@ -92,6 +199,7 @@ impl Lag {
                 metrics::gauge!(m::CONSUMER_LAG_MESSAGES, &labels).set(messages as f64);
             }
             metrics::gauge!(m::CONSUMER_LAG_SECONDS, &labels).set(seconds);
+            metrics::gauge!(m::PARTITION_STUCK, &labels).set(if is_stuck { 1.0 } else { 0.0 });
         }
     }
 }
@@ -114,6 +222,27 @@ impl PartitionLag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_waiting_for_messages_that_never_come_is_stuck() {
+        let lag = Lag::default();
+        lag.assigned("t", 0, Some(5));
+        lag.set_end("t", 0, 9);
+        lag.set_fetch_position("t", 0, 5);
+        lag.idle("t", 0, true);
+        assert!(lag.stuck().is_empty(), "not yet");
+        lag.with("t", 0, |p| {
+            p.idle_since = Instant::now().checked_sub(STUCK_AFTER)
+        });
+        assert_eq!(lag.stuck(), vec![(("t".to_string(), 0), 5)]);
+        // The end is where the fetch is (transaction markers, compaction): not stuck.
+        lag.set_fetch_position("t", 0, 9);
+        assert!(lag.stuck().is_empty());
+        // A message arrived: not stuck.
+        lag.set_fetch_position("t", 0, 5);
+        lag.idle("t", 0, false);
+        assert!(lag.stuck().is_empty());
+    }
 
     #[test]
     fn seconds_come_from_the_oldest_pending_then_the_last_committed() {

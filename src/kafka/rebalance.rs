@@ -137,6 +137,9 @@ impl ClientContext for Context {
                 if *id >= 0 && end >= 0 {
                     lag.set_end(name, *id, end);
                 }
+                if *id >= 0 && p.next_offset >= 0 {
+                    lag.set_fetch_position(name, *id, p.next_offset);
+                }
             }
         }
     }

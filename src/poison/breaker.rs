@@ -50,9 +50,13 @@ pub struct BreakerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
-    Open { since: Instant },
+    Open {
+        since: Instant,
+    },
     /// `probe`: the id of the probe under way, if any.
-    HalfOpen { probe: Option<u64> },
+    HalfOpen {
+        probe: Option<u64>,
+    },
 }
 
 impl State {
@@ -99,7 +103,11 @@ impl Drop for Probe {
             .get_mut(&self.scope.topic)
             .and_then(|t| t.breaker_mut(self.scope.partition))
         {
-            if b.state == (State::HalfOpen { probe: Some(self.id) }) {
+            if b.state
+                == (State::HalfOpen {
+                    probe: Some(self.id),
+                })
+            {
                 b.state = State::HalfOpen { probe: None };
             }
         }
@@ -214,16 +222,12 @@ impl Breakers {
     /// One message of `tenant` on `partition` was judged poison. True:
     /// dead-letter it. False: a breaker is open (or opens now), and nothing
     /// may be dead-lettered.
-    pub fn poison(
-        &self,
-        topic: &str,
-        partition: i32,
-        tenant: &str,
-        probe: Option<&Probe>,
-    ) -> bool {
+    pub fn poison(&self, topic: &str, partition: i32, tenant: &str, probe: Option<&Probe>) -> bool {
         let cfg = self.config;
         let mut inner = self.lock();
-        let allowed = inner.topic(topic).judge_poison(topic, partition, tenant, probe, &cfg);
+        let allowed = inner
+            .topic(topic)
+            .judge_poison(topic, partition, tenant, probe, &cfg);
         inner.publish(topic);
         allowed
     }
@@ -243,7 +247,11 @@ impl Breakers {
         if let Some(p) = probe {
             if let Some(b) = t.breaker_mut(p.scope.partition) {
                 if b.state == (State::HalfOpen { probe: Some(p.id) }) {
-                    tracing::info!(topic, partition, "circuit breaker closed: the probe was clean");
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "circuit breaker closed: the probe was clean"
+                    );
                     b.state = State::Closed;
                     t.forget();
                 }
@@ -351,8 +359,11 @@ impl Inner {
         metrics::gauge!(m::BREAKER_STATE, "topic" => topic.to_string()).set(worst);
         metrics::gauge!(m::BREAKER_OPEN_PARTITIONS, "topic" => topic.to_string())
             .set(open_partitions as f64);
-        metrics::gauge!(m::BREAKER_HELD, "topic" => topic.to_string())
-            .set(if held { 1.0 } else { 0.0 });
+        metrics::gauge!(m::BREAKER_HELD, "topic" => topic.to_string()).set(if held {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -423,7 +434,11 @@ impl TopicBreakers {
         if let Some(p) = probe {
             if let Some(b) = self.breaker_mut(p.scope.partition) {
                 if b.state == (State::HalfOpen { probe: Some(p.id) }) {
-                    tracing::warn!(topic, partition, "circuit breaker probe held poison: open again");
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        "circuit breaker probe held poison: open again"
+                    );
                     b.state = State::Open {
                         since: Instant::now(),
                     };
@@ -609,7 +624,9 @@ mod tests {
         }
         // Every tenant and every partition fails now.
         let allowed = (0..100)
-            .take_while(|i: &usize| b.poison("t", (i % 2) as i32, ["acme", "globex"][(i / 2) % 2], None))
+            .take_while(|i: &usize| {
+                b.poison("t", (i % 2) as i32, ["acme", "globex"][(i / 2) % 2], None)
+            })
             .count();
         assert!(allowed <= 10, "{allowed} dead letters before opening");
         assert!(matches!(b.state("t"), State::Open { .. }));
@@ -696,7 +713,11 @@ mod tests {
         };
         assert_eq!(b.close_all(hold), 1);
         assert_eq!(b.state("t"), State::Closed);
-        assert_eq!(flood(&b, 0, "acme", 30), 30, "held closed for 30 dead letters");
+        assert_eq!(
+            flood(&b, 0, "acme", 30),
+            30,
+            "held closed for 30 dead letters"
+        );
         // The budget is spent: the next flood opens it again.
         assert!(flood(&b, 0, "acme", 50) < 10);
         assert!(matches!(b.state("t"), State::Open { .. }));

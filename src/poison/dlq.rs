@@ -46,6 +46,8 @@ pub mod header {
     pub const SQLSTATE: &str = "spansink.dlq.sqlstate";
     pub const ATTEMPTS: &str = "spansink.dlq.attempts";
     pub const FIRST_FAILURE: &str = "spansink.dlq.first.failure";
+    /// The original value's size in bytes.
+    pub const SIZE: &str = "spansink.dlq.size";
     pub const INSTANCE: &str = "spansink.dlq.instance";
     pub const VERSION: &str = "spansink.dlq.version";
     /// Only on a marker: the record stands for a dead letter the topic refused
@@ -332,7 +334,7 @@ pub fn connect_stage(stage: &str) -> &'static str {
 /// The record's headers: the original ones first, in their order, then
 /// spansink's, then Connect's. Optional facts that are unknown are left out.
 pub fn headers(d: &DeadLetter) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(d.headers.len() + 21);
+    let mut h = OwnedHeaders::new_with_capacity(d.headers.len() + 22);
     for original in &d.headers {
         h = h.insert(KafkaHeader {
             key: &original.key,
@@ -365,6 +367,7 @@ pub fn headers(d: &DeadLetter) -> OwnedHeaders {
         h = text(h, header::SQLSTATE, sqlstate);
     }
     h = text(h, header::ATTEMPTS, &d.attempts.to_string());
+    h = text(h, header::SIZE, &d.payload.len().to_string());
     // Only a damaged record holds a time RFC 3339 cannot write (before 1970
     // or after 9999); the header is then left out rather than invented.
     if let Some(first) = rfc3339_millis(d.first_failure_unix_ms) {

@@ -12,7 +12,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,8 @@ pub struct Ctx<'a> {
     pub probe: Option<&'a Probe>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// The sessions' `statement_timeout`; zero when there is none.
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,8 @@ pub enum Outcome {
 enum RangeResult {
     Committed(WriteStats, bool),
     Poison(Error),
+    /// A statement outlasted `statement_timeout`.
+    TooSlow(Error),
     Fenced(Option<i64>),
     Stopped,
     Fatal(Error),
@@ -102,11 +106,15 @@ pub async fn commit(
         }
     }
     let mut attempts: Vec<Option<Attempts>> = vec![None; messages.len()];
+    let mut slow_tries: Vec<u32> = vec![0; messages.len()];
     let mut stats = WriteStats::default();
     let mut unconfirmed = false;
     // Ranges in offset order: left halves before right halves.
     let mut pending = vec![(0usize, messages.len())];
     while let Some((lo, hi)) = pending.pop() {
+        if ctx.stop.is_cancelled() {
+            return Outcome::Stopped;
+        }
         let rows: Vec<&DecodedTraces> = (lo..hi)
             .filter(|i| ledger[*i].is_none())
             .filter_map(|i| decoded[i].as_ref().ok())
@@ -120,6 +128,8 @@ pub async fn commit(
                 unconfirmed |= lost_ack;
             }
             RangeResult::Poison(err) => {
+                metrics::counter!(m::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "poison")
+                    .increment(1);
                 let good: Vec<usize> = (lo..hi).filter(|i| ledger[*i].is_none()).collect();
                 for i in &good {
                     attempts[*i] = Some(Attempts::again(attempts[*i]));
@@ -143,10 +153,46 @@ pub async fn commit(
                         // The same range again, now without it: its offset moves on.
                         pending.push((lo, hi));
                     }
+                    _ => split(&good, lo, hi, &mut pending),
+                }
+            }
+            // Too slow, not poison: smaller pieces finish sooner. Only a message
+            // that outlasts the timeout alone, again and again, is dead-lettered.
+            RangeResult::TooSlow(err) => {
+                let good: Vec<usize> = (lo..hi).filter(|i| ledger[*i].is_none()).collect();
+                match good.as_slice() {
+                    [only] => {
+                        slow_tries[*only] += 1;
+                        if slow_tries[*only] >= MAX_SLOW_TRIES {
+                            let message = &messages[*only];
+                            let too_slow = Error::input(
+                                Reason::StatementTimeout,
+                                format!(
+                                    "writing this message alone outlasted the statement timeout ({}) {} times: {} bytes ({err})",
+                                    humantime::format_duration(ctx.statement_timeout),
+                                    slow_tries[*only],
+                                    message.payload.len()
+                                ),
+                            );
+                            let tried = Attempts {
+                                count: slow_tries[*only],
+                                ..attempts[*only].unwrap_or_else(Attempts::once)
+                            };
+                            match spool(ctx, message, &too_slow, tried).await {
+                                Ok(entry) => ledger[*only] = Some(entry),
+                                Err(stop) => return stop,
+                            }
+                            dead.push((*only, Reason::StatementTimeout));
+                        }
+                        pending.push((lo, hi));
+                    }
+                    // The offset move alone was slow: the database is, not the data.
+                    [] => pending.push((lo, hi)),
                     _ => {
-                        let mid = good[good.len() / 2];
-                        pending.push((mid, hi));
-                        pending.push((lo, mid));
+                        metrics::counter!(m::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "too_slow")
+                            .increment(1);
+                        tracing::warn!(messages = good.len(), error = %err, "batch outlasted the statement timeout: splitting it");
+                        split(&good, lo, hi, &mut pending);
                     }
                 }
             }
@@ -163,6 +209,17 @@ pub async fn commit(
         dead,
         unconfirmed,
     }
+}
+
+/// How often one message may outlast the statement timeout alone before it
+/// is dead-lettered as `statement_timeout`.
+pub const MAX_SLOW_TRIES: u32 = 3;
+
+/// Splits the range's undecided messages in two halves, left first.
+fn split(good: &[usize], lo: usize, hi: usize, pending: &mut Vec<(usize, usize)>) {
+    let mid = good[good.len() / 2];
+    pending.push((mid, hi));
+    pending.push((lo, mid));
 }
 
 fn add(total: &mut WriteStats, s: WriteStats) {
@@ -194,6 +251,7 @@ async fn write_range(
                 spool_id: ctx.spool.id(),
             },
         };
+        let started = Instant::now();
         let result = AssertUnwindSafe(ctx.writer.write(&batch))
             .catch_unwind()
             .await
@@ -210,6 +268,9 @@ async fn write_range(
             Ok(WriteOutcome::Fenced { stored }) => return RangeResult::Fenced(stored),
             Err(e) => e,
         };
+        if timed_out(&err, started.elapsed(), ctx.statement_timeout) {
+            return RangeResult::TooSlow(err);
+        }
         match err.class() {
             Class::Poison => return RangeResult::Poison(err),
             Class::Fatal => return RangeResult::Fatal(err),
@@ -236,6 +297,14 @@ async fn write_range(
             }
         }
     }
+}
+
+/// Whether a failure is the statement timeout: SQLSTATE 57014 after at least
+/// (nearly) the timeout. The same code with a shorter run is a cancel, by an
+/// operator or a shutdown: transient. Told apart by time, not by message
+/// text, which `lc_messages` may translate.
+fn timed_out(err: &Error, took: Duration, timeout: Duration) -> bool {
+    !timeout.is_zero() && err.sqlstate() == Some("57014") && took >= timeout.mul_f64(0.9)
 }
 
 /// Writes one poison message to the spool, durably, retrying while the disk

@@ -73,6 +73,8 @@ fn client(bootstrap: &str, group: &str) -> BaseConsumer {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        // Dead letters of large messages are large: fetch them whole.
+        .set("max.partition.fetch.bytes", "52428800")
         .create()
         .expect("consumer")
 }
