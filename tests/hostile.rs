@@ -199,7 +199,11 @@ async fn an_operators_close_holds_the_breaker_while_a_flood_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_over_each_size_limit_are_dead_lettered_or_reported_never_silent() {
     let db = TestDb::migrated().await;
-    let (_kafka, bootstrap) = cluster(2, true);
+    let (kafka, bootstrap) = cluster(2, true);
+    // Each partition fetched from a broker of its own: a message that cannot
+    // be received stops every partition its broker leads.
+    kafka.partition_leader(TOPIC, 0, 2).expect("leader");
+    kafka.partition_leader(TOPIC, 1, 3).expect("leader");
     let p = producer(&bootstrap);
     let mut gen = generator(1201, 1);
     // A valid message padded to `size` bytes with an attribute.
@@ -234,9 +238,9 @@ async fn messages_over_each_size_limit_are_dead_lettered_or_reported_never_silen
     let (t, over, _) = sized(&mut gen, limit + 100);
     assert!(over.len() > limit);
     let (_, over_offset) = produce(&p, TOPIC, 0, Some(&t), &over).await;
-    // Beyond what the consumer may receive (twice the limit, and at least the
-    // fetch size, 1 MiB here): partition 1 cannot move.
-    let (t, huge, _) = sized(&mut gen, 1_300_000);
+    // Beyond what the consumer may receive (a full fetch, 1 MiB here, and
+    // twice the limit): partition 1 cannot move.
+    let (t, huge, _) = sized(&mut gen, 1_600_000);
     big_producer(&bootstrap)
         .send(
             FutureRecord::<[u8], [u8]>::to(TOPIC)

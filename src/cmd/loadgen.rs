@@ -33,7 +33,7 @@ pub struct LoadgenArgs {
     pub brokers: String,
     /// A librdkafka producer setting passed through, such as security.protocol,
     /// sasl.* or ssl.*. Repeatable; in the environment, separate several with ';'.
-    #[arg(long = "kafka", env = "SPANSINK_KAFKA", value_name = "KEY=VALUE", value_parser = parse_kafka_setting, value_delimiter = ';')]
+    #[arg(long = "kafka", env = "SPANSINK_KAFKA", value_name = "KEY=VALUE", value_parser = parse_kafka_setting, value_delimiter = ';', hide_env_values = true)]
     pub kafka: Vec<KafkaSetting>,
     /// Topic to produce to.
     #[arg(long, env = "SPANSINK_LOADGEN_TOPIC", default_value = "otlp_spans")]

@@ -33,10 +33,12 @@ const MAX_RECEIVE_BYTES: usize = 2_147_483_647;
 /// in its prefetch queue; the other half bounds the batches being built and written.
 ///
 /// Fetch sizes never shrink below one message: memory is bounded by pausing
-/// partitions, not by refusing to receive. A record batch up to twice
-/// `--max-message-bytes` is received whatever the budget, so that a message
-/// over the limit arrives and is dead-lettered as `message_too_large`; only a
-/// larger one cannot be, and its partition shows as stuck.
+/// partitions, not by refusing to receive. A fetch response holds up to
+/// `fetch.max.bytes` of ordinary messages and, beyond it, one record batch up
+/// to twice `--max-message-bytes`, whatever the budget: a message over the
+/// limit arrives, and is dead-lettered as `message_too_large`. Only a larger
+/// one cannot be received; it stops the partitions fetched from its broker,
+/// which then show as stuck.
 pub fn consumer_config(
     kafka: &KafkaArgs,
     group_id: &str,
@@ -48,7 +50,7 @@ pub fn consumer_config(
     let partition_fetch_max = batch_max_bytes.clamp(1 << 20, fetch_max);
     let queued_kbytes = (prefetch_budget / 1024).clamp(1024, MAX_QUEUED_KBYTES);
     let receive_max = fetch_max
-        .max(max_message_bytes.saturating_mul(2))
+        .saturating_add(max_message_bytes.saturating_mul(2))
         .saturating_add(512)
         .min(MAX_RECEIVE_BYTES);
 
@@ -251,8 +253,8 @@ mod tests {
         );
         assert_eq!(
             c.get("receive.message.max.bytes"),
-            Some(&*((32usize << 20) + 512).to_string()),
-            "twice the largest message, whatever the budget"
+            Some(&*((64usize << 20) + 512).to_string()),
+            "a full fetch and a batch of twice the largest message, whatever the budget"
         );
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(
