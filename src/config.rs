@@ -1,44 +1,17 @@
-//! Command line and environment. Every flag has `env = "SPANSINK_..."`; invalid
-//! values fail at start with a message that names the setting.
+//! The flags shared by the subcommands, and their conversion into each
+//! layer's own settings. Every flag has `env = "SPANSINK_..."`; invalid values
+//! fail at start with a message that names the setting. The command line
+//! itself (`Cli`, `Command`) is in `cmd`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
+pub use crate::decode::Encoding;
 use crate::error::{Error, Result};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "spansink",
-    version = crate::VERSION,
-    about = "OpenTelemetry traces from Kafka into PostgreSQL, exactly once",
-    // A later flag overrides an earlier one, as wrapper scripts expect.
-    args_override_self = true
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub log: LogArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Consume OTLP from Kafka and store it in PostgreSQL (the production consumer).
-    Run(Box<RunArgs>),
-    /// Apply the schema migrations and create the upcoming daily partitions.
-    Migrate(MigrateArgs),
-    /// Produce realistic synthetic OTLP trace traffic to a Kafka broker.
-    Loadgen(crate::cmd::loadgen::LoadgenArgs),
-    /// Start an embedded Kafka, produce traffic, ingest it into PostgreSQL and report.
-    Demo(crate::cmd::demo::DemoArgs),
-    /// Re-ingest dead letters from the DLQ topic or a spool directory.
-    Replay(Box<crate::cmd::replay::ReplayArgs>),
-    /// Inspect and drain the local poison spool.
-    Spool(crate::cmd::spool::SpoolArgs),
-}
+pub use crate::kafka::Setting as KafkaSetting;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -86,29 +59,10 @@ pub struct MigrateArgs {
     pub db: DbArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Encoding {
-    #[value(name = "otlp_proto")]
-    OtlpProto,
-    #[value(name = "otlp_json")]
-    OtlpJson,
-}
-
-impl Encoding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encoding::OtlpProto => "otlp_proto",
-            Encoding::OtlpJson => "otlp_json",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Encoding> {
-        match s {
-            "otlp_proto" => Some(Encoding::OtlpProto),
-            "otlp_json" => Some(Encoding::OtlpJson),
-            _ => None,
-        }
-    }
+/// An `--encoding` or the encoding of a `NAME:ENCODING` topic.
+pub fn parse_encoding(s: &str) -> std::result::Result<Encoding, String> {
+    s.parse()
+        .map_err(|_| format!("unknown encoding {s:?}: use otlp_proto or otlp_json"))
 }
 
 /// A topic and the encoding its producers use: `NAME` or `NAME:ENCODING`.
@@ -120,11 +74,7 @@ pub struct TopicSpec {
 
 fn parse_topic_spec(s: &str) -> std::result::Result<TopicSpec, String> {
     let (name, encoding) = match s.rsplit_once(':') {
-        Some((n, e)) => (
-            n,
-            Encoding::parse(e)
-                .ok_or_else(|| format!("unknown encoding {e:?}: use otlp_proto or otlp_json"))?,
-        ),
+        Some((n, e)) => (n, parse_encoding(e)?),
         None => (s, Encoding::OtlpProto),
     };
     let valid = !name.is_empty()
@@ -142,31 +92,8 @@ fn parse_topic_spec(s: &str) -> std::result::Result<TopicSpec, String> {
 }
 
 /// One `--kafka key=value` pass-through setting for librdkafka.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KafkaSetting {
-    pub key: String,
-    pub value: String,
-}
-
-/// Shows the key only: the value may be a password.
-impl std::fmt::Debug for KafkaSetting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}=***", self.key)
-    }
-}
-
 pub fn parse_kafka_setting(s: &str) -> std::result::Result<KafkaSetting, String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not key=value"))?;
-    let key = k.trim();
-    if key.is_empty() {
-        return Err(format!("{s:?} has an empty key"));
-    }
-    Ok(KafkaSetting {
-        key: key.to_string(),
-        value: v.to_string(),
-    })
+    s.parse()
 }
 
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
@@ -383,48 +310,18 @@ impl PoisonArgs {
     }
 }
 
-/// librdkafka settings that would break spansink's delivery guarantees.
-const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
-    (
-        "enable.auto.commit",
-        "offsets are committed only after PostgreSQL commits",
-    ),
-    (
-        "enable.auto.offset.store",
-        "offsets are stored only after PostgreSQL commits",
-    ),
-    ("group.id", "use --group-id"),
-    ("bootstrap.servers", "use --brokers"),
-    (
-        "partition.assignment.strategy",
-        "spansink assigns incrementally (cooperative-sticky)",
-    ),
-];
-
-/// Checks a broker list and `--kafka` settings; a reserved key is refused by
-/// name, with the guarantee it would break.
-pub fn validate_kafka(
-    brokers: &str,
-    settings: &[KafkaSetting],
-    reserved: &[(&str, &str)],
-) -> Result<()> {
-    if brokers.trim().is_empty() {
-        return Err(Error::config("--brokers", "is empty"));
-    }
-    for s in settings {
-        if let Some((_, why)) = reserved.iter().find(|(k, _)| *k == s.key) {
-            return Err(Error::config(
-                format!("--kafka {}", s.key),
-                format!("cannot be set: {why}"),
-            ));
+impl KafkaArgs {
+    /// What the Kafka clients are given.
+    pub fn settings(&self) -> crate::kafka::Settings {
+        crate::kafka::Settings {
+            brokers: self.brokers.clone(),
+            overrides: self.kafka.clone(),
         }
     }
-    Ok(())
-}
 
-impl KafkaArgs {
-    pub fn validate(&self) -> Result<()> {
-        validate_kafka(&self.brokers, &self.kafka, RESERVED_KAFKA_KEYS)
+    /// Refuses the settings that `client` owns, by name.
+    pub fn check(&self, client: crate::kafka::Client) -> Result<()> {
+        self.settings().check(client)
     }
 }
 
@@ -501,6 +398,16 @@ impl IngestArgs {
 }
 
 impl DbArgs {
+    /// How the pool reaches PostgreSQL.
+    pub fn settings(&self) -> crate::pg::pool::Settings {
+        crate::pg::pool::Settings {
+            url: self.url(),
+            pool_size: self.pg_pool_size,
+            pool_timeout: self.pg_pool_timeout,
+            statement_timeout: self.pg_statement_timeout,
+        }
+    }
+
     /// The connection URL: `--database-url` (or `SPANSINK_DATABASE_URL`), else
     /// the conventional `DATABASE_URL`, else the local server.
     pub fn url(&self) -> String {
@@ -537,7 +444,8 @@ impl std::fmt::Debug for DbArgs {
 impl RunArgs {
     pub fn validate(&self) -> Result<()> {
         self.db.validate()?;
-        self.kafka.validate()?;
+        self.kafka.check(crate::kafka::Client::Consumer)?;
+        self.kafka.check(crate::kafka::Client::DeadLetters)?;
         self.ingest.validate()?;
         self.poison.validate()?;
         if self
@@ -599,22 +507,5 @@ mod tests {
         );
         assert!(parse_topic_spec("t:avro").unwrap_err().contains("avro"));
         assert!(parse_topic_spec("bad topic").is_err());
-    }
-
-    #[test]
-    fn kafka_setting_needs_key_and_value() {
-        let s = parse_kafka_setting("sasl.password=a=b").unwrap();
-        assert_eq!((s.key.as_str(), s.value.as_str()), ("sasl.password", "a=b"));
-        assert!(parse_kafka_setting("novalue").is_err());
-    }
-
-    #[test]
-    fn reserved_kafka_keys_are_refused_by_name() {
-        let args = KafkaArgs {
-            brokers: "b:9092".into(),
-            kafka: vec![parse_kafka_setting("enable.auto.commit=true").unwrap()],
-        };
-        let err = args.validate().unwrap_err().to_string();
-        assert!(err.contains("enable.auto.commit"), "{err}");
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Encoding;
+use crate::decode::Encoding;
 use crate::error::{Class, Error, Result};
 use crate::health::Health;
 use crate::kafka::commit::{remove_partition_series, Ownership};

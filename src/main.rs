@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use spansink::cmd;
-use spansink::config::{Cli, Command, LogArgs, LogFormat};
+use spansink::cmd::{Cli, Command};
+use spansink::config::{LogArgs, LogFormat};
 use spansink::error::{Class, Error};
 
 fn main() -> ExitCode {

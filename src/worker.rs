@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::batch::{Batch, BatchLimits, Pending};
-use crate::config::Encoding;
+use crate::decode::Encoding;
 use crate::decode::{self, Limits};
 use crate::error::{Error, Reason};
 use crate::health::Health;

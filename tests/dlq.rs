@@ -14,8 +14,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use spansink::config::KafkaSetting;
 use spansink::kafka::mock::MockKafka;
+use spansink::kafka::Setting as KafkaSetting;
 use spansink::otlp::spansink::v1::{DeadLetter, Header};
 use spansink::poison::dlq::{self, header, DlqConfig, DlqPublisher};
 use spansink::poison::drain::{DrainReport, Drainer};
@@ -31,11 +31,13 @@ const SOURCE: &str = "otlp_spans";
 fn dlq_config(kafka: &MockKafka, message_timeout: Duration) -> DlqConfig {
     DlqConfig {
         topic: DLQ.into(),
-        brokers: kafka.bootstrap_servers().into(),
-        kafka: vec![KafkaSetting {
-            key: "reconnect.backoff.max.ms".into(),
-            value: "500".into(),
-        }],
+        client: spansink::kafka::Settings {
+            brokers: kafka.bootstrap_servers().into(),
+            overrides: vec![KafkaSetting {
+                key: "reconnect.backoff.max.ms".into(),
+                value: "500".into(),
+            }],
+        },
         instance: "test-1".into(),
         message_timeout,
     }

@@ -595,7 +595,7 @@ async fn a_panic_before_commit_rolls_the_batch_back() {
 
     // The pool keeps working, and can still hand out all its connections.
     let mut held = Vec::new();
-    for _ in 0..f.db.db_args().pg_pool_size {
+    for _ in 0..f.db.db_args().pool_size {
         held.push(f.pool.get().await.unwrap());
     }
     drop(held);
@@ -823,7 +823,7 @@ async fn connections_opened_before_migration_stage_lazily() {
 async fn pool_sessions_are_configured_and_failures_classified() {
     let db = TestDb::create().await;
     let mut args = db.db_args();
-    args.pg_statement_timeout = Duration::from_millis(1500);
+    args.statement_timeout = Duration::from_millis(1500);
     let pool = pg::connect(&args).await.unwrap();
     let client = pool.get().await.unwrap();
     let row = client
@@ -837,17 +837,17 @@ async fn pool_sessions_are_configured_and_failures_classified() {
     assert_eq!(row.get::<_, &str>(1), "spansink");
     drop(client);
 
-    args.database_url = Some("postgres://nobody@[::1:5432/x".into());
+    args.url = "postgres://nobody@[::1:5432/x".into();
     let err = pg::connect(&args).await.unwrap_err();
     assert_eq!(err.class(), Class::Fatal, "{err}");
 
-    args.database_url = Some(format!("{}_missing", db.url));
+    args.url = format!("{}_missing", db.url);
     let err = pg::ping(&pg::connect(&args).await.unwrap())
         .await
         .unwrap_err();
     assert_eq!(err.class(), Class::Fatal, "a missing database: {err}");
 
-    args.database_url = Some("postgres://postgres@127.0.0.1:1/postgres".into());
+    args.url = "postgres://postgres@127.0.0.1:1/postgres".into();
     let err = pg::ping(&pg::connect(&args).await.unwrap())
         .await
         .unwrap_err();

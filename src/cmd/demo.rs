@@ -36,7 +36,7 @@ pub struct DemoArgs {
     )]
     pub tenants: TenantMix,
     /// Encoding of the produced messages.
-    #[arg(long, env = "SPANSINK_DEMO_ENCODING", value_enum, default_value_t = Encoding::OtlpProto)]
+    #[arg(long, env = "SPANSINK_DEMO_ENCODING", value_parser = crate::config::parse_encoding, default_value = "otlp_proto")]
     pub encoding: Encoding,
     /// Listen address for /metrics, /healthz and /readyz while the demo runs.
     #[arg(
@@ -82,7 +82,7 @@ pub async fn run(
     );
     println!("  PostgreSQL:     {}", redact(&args.db.url()));
 
-    let pool = crate::pg::pool::connect(&args.db).await?;
+    let pool = crate::pg::pool::connect(&args.db.settings()).await?;
     crate::cmd::migrate::apply(&pool, args.db.partitions_ahead_days).await?;
 
     let run_args = embedded_run_args(args, &bootstrap, &run_id)?;

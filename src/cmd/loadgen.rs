@@ -22,6 +22,7 @@ use rdkafka::ClientConfig;
 
 use crate::config::{parse_kafka_setting, Encoding, KafkaSetting};
 use crate::error::{Error, Result};
+use crate::kafka::{Client, Settings};
 use crate::loadgen::json::encode_traces_json;
 use crate::loadgen::{GeneratedMessage, Generator, TenantMix, TrafficSpec};
 use crate::otlp::ExportTraceServiceRequest;
@@ -39,7 +40,7 @@ pub struct LoadgenArgs {
     #[arg(long, env = "SPANSINK_LOADGEN_TOPIC", default_value = "otlp_spans")]
     pub topic: String,
     /// Message encoding.
-    #[arg(long, env = "SPANSINK_LOADGEN_ENCODING", value_enum, default_value_t = Encoding::OtlpProto)]
+    #[arg(long, env = "SPANSINK_LOADGEN_ENCODING", value_parser = crate::config::parse_encoding, default_value = "otlp_proto")]
     pub encoding: Encoding,
     /// Kafka header that carries the tenant id.
     #[arg(long, env = "SPANSINK_TENANT_HEADER", default_value = "X-Scope-OrgID")]
@@ -74,19 +75,6 @@ pub struct LoadgenArgs {
     pub error_ratio: f64,
 }
 
-/// Producer settings that the run's guarantee depends on: every span arrives once.
-const RESERVED_KAFKA_KEYS: &[(&str, &str)] = &[
-    ("bootstrap.servers", "use --brokers"),
-    (
-        "enable.idempotence",
-        "the producer is always idempotent, so retries never duplicate spans",
-    ),
-    (
-        "acks",
-        "every message waits for all in-sync replicas, so none is lost",
-    ),
-];
-
 /// How long the topic check waits for the cluster's metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 /// Messages awaiting their delivery report before the producer waits for one.
@@ -97,7 +85,11 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(50);
 
 impl LoadgenArgs {
     pub fn validate(&self) -> Result<()> {
-        crate::config::validate_kafka(&self.brokers, &self.kafka, RESERVED_KAFKA_KEYS)?;
+        Settings {
+            brokers: self.brokers.clone(),
+            overrides: self.kafka.clone(),
+        }
+        .check(Client::Loadgen)?;
         if self.partitions < 1 {
             return Err(Error::config("--partitions", "must be at least 1"));
         }

@@ -6,7 +6,7 @@ use crate::pg;
 
 pub async fn run(args: &MigrateArgs) -> Result<()> {
     args.db.validate()?;
-    let pool = pg::pool::connect(&args.db).await?;
+    let pool = pg::pool::connect(&args.db.settings()).await?;
     apply(&pool, args.db.partitions_ahead_days).await
 }
 

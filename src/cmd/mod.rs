@@ -1,4 +1,8 @@
-//! One file per subcommand.
+//! The command line, and one file per subcommand.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogArgs, MigrateArgs, RunArgs};
 
 pub mod demo;
 pub mod loadgen;
@@ -6,3 +10,34 @@ pub mod migrate;
 pub mod replay;
 pub mod run;
 pub mod spool;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spansink",
+    version = crate::VERSION,
+    about = "OpenTelemetry traces from Kafka into PostgreSQL, exactly once",
+    // A later flag overrides an earlier one, as wrapper scripts expect.
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume OTLP from Kafka and store it in PostgreSQL (the production consumer).
+    Run(Box<RunArgs>),
+    /// Apply the schema migrations and create the upcoming daily partitions.
+    Migrate(MigrateArgs),
+    /// Produce realistic synthetic OTLP trace traffic to a Kafka broker.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Start an embedded Kafka, produce traffic, ingest it into PostgreSQL and report.
+    Demo(demo::DemoArgs),
+    /// Re-ingest dead letters from the DLQ topic or a spool directory.
+    Replay(Box<replay::ReplayArgs>),
+    /// Inspect and drain the local poison spool.
+    Spool(spool::SpoolArgs),
+}

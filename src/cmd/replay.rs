@@ -118,12 +118,17 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport> {
     let letters = match &args.from_spool {
         Some(dir) => read_spool(dir.clone()).await?,
         None => {
-            args.kafka.validate()?;
-            crate::poison::reader::read_topic(&args.kafka, &args.dlq_topic, args.read_timeout)
-                .await?
+            // The reader joins no group and commits nothing: only the brokers matter.
+            args.kafka.check(crate::kafka::Client::Loadgen)?;
+            crate::poison::reader::read_topic(
+                &args.kafka.settings(),
+                &args.dlq_topic,
+                args.read_timeout,
+            )
+            .await?
         }
     };
-    let pool = crate::pg::pool::connect(&args.db).await?;
+    let pool = crate::pg::pool::connect(&args.db.settings()).await?;
     let writer = Writer::new(
         pool.clone(),
         Arc::new(Partitions::new()),

@@ -55,12 +55,11 @@ pub async fn run(
     let poison = &args.poison;
     let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
         topic: poison.dlq_topic.clone(),
-        brokers: args.kafka.brokers.clone(),
-        kafka: args.kafka.kafka.clone(),
+        client: args.kafka.settings(),
         instance: args.instance_id.clone(),
         message_timeout: poison.dlq_message_timeout,
     })?);
-    let pool = pg::pool::connect(&args.db).await?;
+    let pool = pg::pool::connect(&args.db.settings()).await?;
     let health = Arc::new(Health::new());
     // Opening the spool locks its directory and reads every entry back,
     // quarantining torn ones.
@@ -203,7 +202,7 @@ pub async fn run(
 fn consumer_config(args: &RunArgs) -> rdkafka::ClientConfig {
     let ingest = &args.ingest;
     consume::consumer_config(
-        &args.kafka,
+        &args.kafka.settings(),
         &ingest.group_id,
         ingest.batch_budget(),
         ingest.batch_max_bytes,

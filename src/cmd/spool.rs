@@ -59,7 +59,7 @@ pub struct DrainArgs {
 async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
     use std::sync::Arc;
     args.db.validate()?;
-    args.kafka.validate()?;
+    args.kafka.check(crate::kafka::Client::DeadLetters)?;
     let spool = Arc::new(
         blocking(move || {
             Spool::open(crate::poison::spool::SpoolConfig {
@@ -73,13 +73,12 @@ async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
     let publisher = Arc::new(crate::poison::dlq::DlqPublisher::new(
         &crate::poison::dlq::DlqConfig {
             topic: args.dlq_topic.clone(),
-            brokers: args.kafka.brokers.clone(),
-            kafka: args.kafka.kafka.clone(),
+            client: args.kafka.settings(),
             instance: crate::config::default_instance_id(),
             message_timeout: args.dlq_message_timeout,
         },
     )?);
-    let pool = crate::pg::pool::connect(&args.db).await?;
+    let pool = crate::pg::pool::connect(&args.db.settings()).await?;
     let drainer = crate::poison::drain::Drainer::new(spool, publisher, pool);
     // No process holds the spool: what the ledger does not hold for it never will.
     let discarded = drainer.recover().await?;

@@ -27,7 +27,6 @@ mod validate;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Encoding;
 use crate::error::{Error, Reason, Result};
 use crate::model::{DecodedLogs, DecodedTraces};
 
@@ -35,6 +34,30 @@ pub use prescan::{Counts, ItemLimits};
 
 pub use json::{parse_logs_request_json, parse_request_json};
 pub use proto::{parse_logs_request_proto, parse_request_proto};
+
+/// How a topic's producers encode their messages.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::EnumString,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Encoding {
+    OtlpProto,
+    OtlpJson,
+}
+
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// Limits against input that could exhaust the process, and the acceptance window.
 #[derive(Debug, Clone)]

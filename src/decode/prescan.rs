@@ -12,7 +12,7 @@
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::config::Encoding;
+use crate::decode::Encoding;
 use crate::error::{Error, Reason, Result};
 
 /// What one message holds.

@@ -13,9 +13,9 @@ use rdkafka::message::Message as _;
 use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaArgs, KafkaSetting};
 use crate::error::{Class, Error, Result};
 use crate::kafka::rebalance::Context;
+use crate::kafka::Settings;
 use crate::shutdown::Stopper;
 
 pub type Consumer = StreamConsumer<Context>;
@@ -40,7 +40,7 @@ const MAX_RECEIVE_BYTES: usize = 2_147_483_647;
 /// one cannot be received; it stops the partitions fetched from its broker,
 /// which then show as stuck.
 pub fn consumer_config(
-    kafka: &KafkaArgs,
+    kafka: &Settings,
     group_id: &str,
     prefetch_budget: usize,
     batch_max_bytes: usize,
@@ -54,42 +54,35 @@ pub fn consumer_config(
         .saturating_add(512)
         .min(MAX_RECEIVE_BYTES);
 
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group_id)
-        .set("client.id", format!("spansink-{}", crate::VERSION))
+    let own = [
+        ("group.id", group_id.to_string()),
+        ("client.id", format!("spansink-{}", crate::VERSION)),
         // Offsets move only after PostgreSQL commits; spansink commits them itself.
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
         // Incremental rebalances: a partition that stays with this instance keeps
         // its worker and its in-flight batch.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        ("partition.assignment.strategy", "cooperative-sticky".into()),
         // Used only when a partition has no row in ingest_offsets, or when the stored
         // offset is out of range. Earliest never skips data that Kafka still holds:
         // below the log start the data is already gone (counted as a gap), and
         // re-reading is harmless because writes are idempotent.
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
+        ("auto.offset.reset", "earliest".into()),
+        ("enable.partition.eof", "false".into()),
         // Aborted transactional messages are never stored.
-        .set("isolation.level", "read_committed")
-        .set("queued.max.messages.kbytes", queued_kbytes.to_string())
-        .set("fetch.max.bytes", fetch_max.to_string())
-        .set("max.partition.fetch.bytes", partition_fetch_max.to_string())
-        .set("receive.message.max.bytes", receive_max.to_string())
+        ("isolation.level", "read_committed".into()),
+        ("queued.max.messages.kbytes", queued_kbytes.to_string()),
+        ("fetch.max.bytes", fetch_max.to_string()),
+        ("max.partition.fetch.bytes", partition_fetch_max.to_string()),
+        ("receive.message.max.bytes", receive_max.to_string()),
         // Statistics carry each partition's end offset, for the lag gauges.
-        .set("statistics.interval.ms", "5000")
+        ("statistics.interval.ms", "5000".into()),
         // A topic created after start is noticed within seconds, not minutes.
-        .set("topic.metadata.refresh.interval.ms", "10000")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    apply_overrides(&mut config, &kafka.kafka);
+        ("topic.metadata.refresh.interval.ms", "10000".into()),
+    ];
+    let mut config = kafka.client_config(&own);
+    config.set_log_level(RDKafkaLogLevel::Warning);
     config
-}
-
-pub fn apply_overrides(config: &mut ClientConfig, settings: &[KafkaSetting]) {
-    for s in settings {
-        config.set(&s.key, &s.value);
-    }
 }
 
 /// Creates the consumer; librdkafka's refusal of a setting names that setting.
@@ -226,12 +219,12 @@ async fn missing_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<V
 mod tests {
     use super::*;
 
-    fn args(extra: &[(&str, &str)]) -> KafkaArgs {
-        KafkaArgs {
+    fn args(extra: &[(&str, &str)]) -> Settings {
+        Settings {
             brokers: "127.0.0.1:9092".into(),
-            kafka: extra
+            overrides: extra
                 .iter()
-                .map(|(k, v)| KafkaSetting {
+                .map(|(k, v)| crate::kafka::Setting {
                     key: k.to_string(),
                     value: v.to_string(),
                 })

@@ -7,6 +7,9 @@ pub mod consume;
 pub mod lag;
 pub mod mock;
 pub mod rebalance;
+pub mod settings;
+
+pub use settings::{Client, Setting, Settings};
 
 use rdkafka::error::KafkaError;
 

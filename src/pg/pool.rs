@@ -5,7 +5,6 @@ use deadpool_postgres::{
 };
 use tokio_postgres::{CancelToken, NoTls};
 
-use crate::config::DbArgs;
 use crate::error::{Error, Result};
 use crate::metrics as m;
 
@@ -16,10 +15,33 @@ const STAGE_CREATE: &str = include_str!("../../sql/stage_create.sql");
 /// Reported in `pg_stat_activity`, so that operators can tell our sessions apart.
 const APPLICATION_NAME: &str = "spansink";
 
+/// How to reach PostgreSQL.
+#[derive(Clone)]
+pub struct Settings {
+    /// May hold a password: never printed.
+    pub url: String,
+    pub pool_size: usize,
+    /// How long a checkout waits for a connection, and a connection to open.
+    pub pool_timeout: std::time::Duration,
+    /// The sessions' `statement_timeout`; zero disables it.
+    pub statement_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &"***")
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
 /// Builds the pool. A malformed URL fails here (fatal); connections open on
 /// first use, so that a server that is down at start is a transient failure
 /// of the first query, retried like any other, rather than an exit.
-pub async fn connect(db: &DbArgs) -> Result<Pool> {
+pub async fn connect(db: &Settings) -> Result<Pool> {
     build(db)
 }
 
@@ -60,9 +82,9 @@ pub async fn ping(pool: &Pool) -> Result<()> {
     Ok(())
 }
 
-fn build(db: &DbArgs) -> Result<Pool> {
+fn build(db: &Settings) -> Result<Pool> {
     let mut pg: tokio_postgres::Config = db
-        .url()
+        .url
         .parse()
         .map_err(|e: tokio_postgres::Error| Error::config("--database-url", e.to_string()))?;
     // An application_name or connect_timeout in the URL wins over ours.
@@ -70,7 +92,7 @@ fn build(db: &DbArgs) -> Result<Pool> {
         pg.application_name(APPLICATION_NAME);
     }
     if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(db.pg_pool_timeout);
+        pg.connect_timeout(db.pool_timeout);
     }
     // Fast recycling trusts `is_closed()`: the writer never returns a
     // connection whose transaction state is unknown (see `write`), so a
@@ -82,13 +104,13 @@ fn build(db: &DbArgs) -> Result<Pool> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let statement_timeout = format!("{}ms", db.pg_statement_timeout.as_millis());
+    let statement_timeout = format!("{}ms", db.statement_timeout.as_millis());
     Pool::builder(manager)
-        .max_size(db.pg_pool_size)
+        .max_size(db.pool_size)
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(db.pg_pool_timeout))
-        .create_timeout(Some(db.pg_pool_timeout))
-        .recycle_timeout(Some(db.pg_pool_timeout))
+        .wait_timeout(Some(db.pool_timeout))
+        .create_timeout(Some(db.pool_timeout))
+        .recycle_timeout(Some(db.pool_timeout))
         .post_create(Hook::async_fn(move |client, _| {
             let statement_timeout = statement_timeout.clone();
             Box::pin(async move {

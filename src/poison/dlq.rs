@@ -19,8 +19,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use crate::config::KafkaSetting;
 use crate::error::{Error, Reason, Result};
+use crate::kafka::{Client, Settings};
 use crate::otlp::spansink::v1::{DeadLetter, Header};
 
 /// The dead-letter topic unless configured otherwise.
@@ -71,20 +71,6 @@ pub mod header {
 /// Prefix of the Connect exception class name; the reason follows.
 pub const EXCEPTION_CLASS_PREFIX: &str = "spansink.poison.";
 
-/// Settings the DLQ producer owns: its delivery guarantee (idempotent, every
-/// replica acknowledges) and its timeout are not the operator's to weaken
-/// through `--kafka`, and a transactional id would need a protocol it does not run.
-const RESERVED_PRODUCER_KEYS: &[&str] = &[
-    "bootstrap.servers",
-    "metadata.broker.list",
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "message.timeout.ms",
-    "delivery.timeout.ms",
-    "transactional.id",
-];
-
 /// librdkafka's largest `message.timeout.ms`; 0 would mean "wait forever".
 const MAX_MESSAGE_TIMEOUT_MS: u128 = i32::MAX as u128;
 
@@ -98,9 +84,8 @@ const PRODUCER_MAX_MESSAGE_BYTES: &str = "1000000000";
 pub struct DlqConfig {
     /// [`DEFAULT_TOPIC`] unless configured otherwise.
     pub topic: String,
-    pub brokers: String,
-    /// The operator's librdkafka settings (security.*, sasl.*, ssl.*, ...).
-    pub kafka: Vec<KafkaSetting>,
+    /// The brokers and the operator's librdkafka settings (security.*, sasl.*, ssl.*, ...).
+    pub client: Settings,
     /// This instance's name, for logs and the producer's client id.
     pub instance: String,
     /// How long one record may wait for the broker's acknowledgement.
@@ -222,9 +207,7 @@ fn producer_config(config: &DlqConfig) -> Result<ClientConfig> {
     if config.topic.trim().is_empty() {
         return Err(Error::config("dead-letter topic", "is empty"));
     }
-    if config.brokers.trim().is_empty() {
-        return Err(Error::config("--brokers", "is empty"));
-    }
+    config.client.check(Client::DeadLetters)?;
     let timeout_ms = config.message_timeout.as_millis();
     if timeout_ms == 0 || timeout_ms > MAX_MESSAGE_TIMEOUT_MS {
         return Err(Error::config(
@@ -232,34 +215,21 @@ fn producer_config(config: &DlqConfig) -> Result<ClientConfig> {
             format!("the dead-letter timeout must be between 1 ms and {MAX_MESSAGE_TIMEOUT_MS} ms"),
         ));
     }
-    if let Some(s) = config
-        .kafka
-        .iter()
-        .find(|s| RESERVED_PRODUCER_KEYS.contains(&s.key.as_str()))
-    {
-        return Err(Error::config(
-            format!("--kafka {}", s.key),
-            "cannot be set: the dead-letter producer needs its own value",
-        ));
-    }
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
-        .set(
+    let own = [
+        (
             "client.id",
             format!("spansink-dlq-{}-{}", crate::VERSION, config.instance),
-        )
+        ),
         // A dead letter is the only copy of a message whose offset PostgreSQL has
         // already moved past: no loss (acks=all) and no duplicate on a retry
         // (idempotence).
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES)
-        .set_log_level(RDKafkaLogLevel::Warning);
-    // Consumer-only settings in the shared list are ignored by librdkafka with a warning.
-    for s in &config.kafka {
-        c.set(&s.key, &s.value);
-    }
+        ("enable.idempotence", "true".into()),
+        ("acks", "all".into()),
+        ("message.timeout.ms", timeout_ms.to_string()),
+        ("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES.into()),
+    ];
+    let mut c = config.client.client_config(&own);
+    c.set_log_level(RDKafkaLogLevel::Warning);
     Ok(c)
 }
 
@@ -745,14 +715,16 @@ mod tests {
     fn config(kafka: &[(&str, &str)]) -> DlqConfig {
         DlqConfig {
             topic: DEFAULT_TOPIC.into(),
-            brokers: "127.0.0.1:9".into(),
-            kafka: kafka
-                .iter()
-                .map(|(k, v)| KafkaSetting {
-                    key: (*k).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
+            client: Settings {
+                brokers: "127.0.0.1:9".into(),
+                overrides: kafka
+                    .iter()
+                    .map(|(k, v)| crate::kafka::Setting {
+                        key: (*k).into(),
+                        value: (*v).into(),
+                    })
+                    .collect(),
+            },
             instance: "i".into(),
             message_timeout: Duration::from_secs(5),
         }

@@ -5,15 +5,15 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::KafkaArgs;
 use crate::error::{Error, Result};
+use crate::kafka::Settings;
 use crate::otlp::spansink::v1::DeadLetter;
 use crate::poison::dlq;
 
 pub async fn read_topic(
-    kafka: &KafkaArgs,
+    kafka: &Settings,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<DeadLetter>> {
@@ -24,15 +24,15 @@ pub async fn read_topic(
         .map_err(|e| Error::Panic(e.to_string()))?
 }
 
-fn read_blocking(kafka: &KafkaArgs, topic: &str, timeout: Duration) -> Result<Vec<DeadLetter>> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
+fn read_blocking(kafka: &Settings, topic: &str, timeout: Duration) -> Result<Vec<DeadLetter>> {
+    let config = kafka.client_config(&[
         // Required by librdkafka for a consumer; never joined, never committed.
-        .set("group.id", "spansink-replay")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    crate::kafka::consume::apply_overrides(&mut config, &kafka.kafka);
+        ("group.id", "spansink-replay".into()),
+        ("enable.auto.commit", "false".into()),
+        ("enable.partition.eof", "false".into()),
+        // Dead letters of large messages are large: fetch them whole.
+        ("max.partition.fetch.bytes", (50 << 20).to_string()),
+    ]);
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| crate::kafka::config_error("DLQ reader", e))?;

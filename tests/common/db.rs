@@ -70,13 +70,12 @@ impl TestDb {
     }
 
     /// Database settings for `spansink::pg::connect`, sized for tests.
-    pub fn db_args(&self) -> spansink::config::DbArgs {
-        spansink::config::DbArgs {
-            database_url: Some(self.url.clone()),
-            pg_pool_size: 4,
-            pg_pool_timeout: Duration::from_secs(10),
-            pg_statement_timeout: Duration::from_secs(60),
-            partitions_ahead_days: 2,
+    pub fn db_args(&self) -> spansink::pg::pool::Settings {
+        spansink::pg::pool::Settings {
+            url: self.url.clone(),
+            pool_size: 4,
+            pool_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(60),
         }
     }
 }
