@@ -11,7 +11,7 @@ use crate::error::Error;
 /// for the dead-letter path. Decoding waits until the batch is processed, after
 /// the crash guard has recorded its range.
 #[derive(Debug)]
-pub struct Pending {
+pub struct Received {
     pub offset: i64,
     /// Kafka message timestamp, milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
@@ -25,7 +25,7 @@ pub struct Pending {
     pub decoded: Result<u64, Error>,
 }
 
-impl Pending {
+impl Received {
     /// The memory this message holds while it is in flight: its bytes as
     /// received (key and headers included) and what decoding will make of them.
     pub fn budget_bytes(&self) -> usize {
@@ -49,7 +49,7 @@ pub struct BatchLimits {
 
 #[derive(Debug)]
 pub struct Batch {
-    pub messages: Vec<Pending>,
+    pub messages: Vec<Received>,
     bytes: usize,
     opened: Option<Instant>,
     /// The in-flight budget this batch holds; released when the batch is dropped.
@@ -66,7 +66,7 @@ impl Batch {
         }
     }
 
-    pub fn push(&mut self, message: Pending, permit: Option<OwnedSemaphorePermit>) {
+    pub fn push(&mut self, message: Received, permit: Option<OwnedSemaphorePermit>) {
         self.opened.get_or_insert_with(Instant::now);
         self.bytes += message.payload.len();
         self.messages.push(message);
@@ -126,8 +126,8 @@ impl Default for Batch {
 mod tests {
     use super::*;
 
-    fn pending(offset: i64, len: usize) -> Pending {
-        Pending {
+    fn received(offset: i64, len: usize) -> Received {
+        Received {
             offset,
             timestamp_ms: None,
             key: None,
@@ -147,14 +147,14 @@ mod tests {
         };
         let mut b = Batch::new();
         assert!(b.deadline(&limits).is_none());
-        b.push(pending(7, 10), None);
-        b.push(pending(9, 10), None);
+        b.push(received(7, 10), None);
+        b.push(received(9, 10), None);
         assert!(!b.is_full(&limits));
         assert_eq!((b.first_offset(), b.next_offset()), (Some(7), Some(10)));
-        b.push(pending(10, 10), None);
+        b.push(received(10, 10), None);
         assert!(b.is_full(&limits));
         let mut big = Batch::new();
-        big.push(pending(0, 100), None);
+        big.push(received(0, 100), None);
         assert!(big.is_full(&limits));
         assert!(big.deadline(&limits).is_some());
     }

@@ -38,7 +38,7 @@ use crate::health::Health;
 use crate::kafka::commit::{remove_partition_series, Ownership};
 use crate::kafka::consume::Consumer;
 use crate::kafka::rebalance::{RebalanceEvent, TopicPartition};
-use crate::metrics as m;
+use crate::metric;
 use crate::pg::offsets::{self, PartitionKey};
 use crate::retry::Backoff;
 use crate::shutdown::Stopper;
@@ -168,7 +168,7 @@ impl Coordinator {
         for ((topic, partition), offset) in partitions.iter().zip(&stored) {
             self.start(topic, *partition, *offset);
         }
-        metrics::gauge!(m::ASSIGNED_PARTITIONS).set(self.running.len() as f64);
+        metrics::gauge!(metric::ASSIGNED_PARTITIONS).set(self.running.len() as f64);
         Some(stored)
     }
 
@@ -192,7 +192,7 @@ impl Coordinator {
         let stop = self.stopper.token().child_token();
         let owned = Ownership::new();
         self.shared.lag.assigned(topic, partition, stored);
-        m::init_partition(topic, partition);
+        metric::init_partition(topic, partition);
         let worker = PartitionWorker::new(
             Arc::clone(&self.shared),
             Assigned {
@@ -264,7 +264,7 @@ impl Coordinator {
             remove_partition_series(&topic, partition);
             transition(&topic, partition, Phase::Stopped);
         }
-        metrics::gauge!(m::ASSIGNED_PARTITIONS).set(self.running.len() as f64);
+        metrics::gauge!(metric::ASSIGNED_PARTITIONS).set(self.running.len() as f64);
     }
 
     /// A worker ends on its own only after a fatal error (already reported)
@@ -313,7 +313,7 @@ impl Coordinator {
                     return None;
                 }
                 Err(e) => {
-                    metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind())
+                    metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
                         .increment(1);
                     tracing::warn!(error = %e, "cannot read stored offsets; retrying");
                     backoff.wait(self.stopper.token()).await.ok()?;

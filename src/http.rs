@@ -270,7 +270,7 @@ async fn refresh_readiness(s: &AppState) -> Vec<String> {
         s.health.set_pg_down(!matches!(ping, Ok(Ok(()))));
     }
     let reasons = s.health.not_ready_reasons();
-    metrics::gauge!(crate::metrics::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
+    metrics::gauge!(crate::metric::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
     reasons
 }
 

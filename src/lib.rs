@@ -15,7 +15,7 @@ pub mod http;
 pub mod kafka;
 pub mod loadgen;
 pub mod logcap;
-pub mod metrics;
+pub mod metric;
 pub mod model;
 pub mod otlp;
 pub mod pg;

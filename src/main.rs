@@ -46,7 +46,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> spansink::error::Result<()> {
     match command {
         Command::Run(args) => {
-            let metrics = spansink::metrics::install()?;
+            let metrics = spansink::metric::install()?;
             let shutdown =
                 spansink::shutdown::install().map_err(|e| Error::io("signal handlers", e))?;
             cmd::run::run(&args, metrics, shutdown).await
@@ -60,7 +60,7 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
             .map(|report| println!("{report}")),
         Command::Spool(args) => cmd::spool::run(&args).await,
         Command::Demo(args) => {
-            let metrics = spansink::metrics::install()?;
+            let metrics = spansink::metric::install()?;
             let shutdown =
                 spansink::shutdown::install().map_err(|e| Error::io("signal handlers", e))?;
             cmd::demo::run(&args, metrics, shutdown).await

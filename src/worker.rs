@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::batch::{Batch, BatchLimits, Pending};
+use crate::batch::{Batch, BatchLimits, Received};
 use crate::decode::Encoding;
 use crate::decode::{self, Limits};
 use crate::error::{Error, Reason};
@@ -30,7 +30,7 @@ use crate::kafka::commit::{self, Ownership};
 use crate::kafka::consume::Consumer;
 use crate::kafka::lag::Lag;
 use crate::kafka::rebalance::{Context, TopicPartition};
-use crate::metrics as m;
+use crate::metric;
 use crate::model::{DecodedTraces, Sanitized};
 use crate::pg::offsets::PartitionKey;
 use crate::pg::write::{WriteStats, Writer};
@@ -98,7 +98,7 @@ impl Budget {
     fn record(&self) {
         let free = self.semaphore.available_permits() as f64;
         let used = (f64::from(self.kib) - free).max(0.0) * 1024.0;
-        metrics::gauge!(m::INFLIGHT_BYTES).set(used);
+        metrics::gauge!(metric::INFLIGHT_BYTES).set(used);
     }
 }
 
@@ -126,7 +126,7 @@ impl LiveWorkers {
             *n
         };
         if n > 1 {
-            metrics::counter!(m::PARTITION_WORKER_OVERLAPS).increment(1);
+            metrics::counter!(metric::PARTITION_WORKER_OVERLAPS).increment(1);
             tracing::error!(
                 topic,
                 partition,
@@ -151,7 +151,7 @@ impl LiveWorkers {
 
     fn publish(key: &TopicPartition, n: usize) {
         let labels = [("topic", key.0.clone()), ("partition", key.1.to_string())];
-        metrics::gauge!(m::PARTITION_WORKERS, &labels).set(n as f64);
+        metrics::gauge!(metric::PARTITION_WORKERS, &labels).set(n as f64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, usize>> {
@@ -184,7 +184,7 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// Names this instance in dead letters and the ledger.
     pub instance: String,
-    /// Poked after a commit that dead-lettered something, so the drainer publishes it.
+    /// Poked after a commit that dead-lettered something, so the forwarder publishes it.
     pub dlq_wake: Arc<Notify>,
     pub stopper: Stopper,
     pub live: LiveWorkers,
@@ -220,7 +220,7 @@ pub struct PartitionWorker {
     expected: Option<i64>,
     stop: CancellationToken,
     /// A message received while the budget was exhausted, held for the next batch.
-    carry: Option<Pending>,
+    carry: Option<Received>,
     paused: bool,
     labels: [(&'static str, String); 2],
 }
@@ -333,14 +333,14 @@ impl PartitionWorker {
 
     /// Copies one message out of librdkafka; `None` for a message below the
     /// stored offset, which is already committed.
-    fn admit(&self, msg: &BorrowedMessage<'_>) -> Option<Pending> {
+    fn admit(&self, msg: &BorrowedMessage<'_>) -> Option<Received> {
         let offset = msg.offset();
         let payload = msg.payload().unwrap_or_default();
-        metrics::counter!(m::MESSAGES_CONSUMED, &self.labels).increment(1);
-        metrics::counter!(m::BYTES_CONSUMED, &self.labels).increment(payload.len() as u64);
+        metrics::counter!(metric::MESSAGES_CONSUMED, &self.labels).increment(1);
+        metrics::counter!(metric::BYTES_CONSUMED, &self.labels).increment(payload.len() as u64);
         if let Some(expected) = self.expected {
             if offset < expected {
-                metrics::counter!(m::MESSAGES_BELOW_STORED_OFFSET, &self.labels).increment(1);
+                metrics::counter!(metric::MESSAGES_BELOW_STORED_OFFSET, &self.labels).increment(1);
                 if let Some(held_back) = crate::logcap::allow("message below the stored offset") {
                     tracing::warn!(topic = %self.topic, partition = self.partition, offset, stored = expected, held_back,
                         "message below the stored offset skipped as already committed (was the topic recreated?)");
@@ -365,7 +365,7 @@ impl PartitionWorker {
         // Counted now, so that the budget covers what decoding will make of it.
         let decoded = decode::scan_traces(payload, self.encoding, &settings.limits)
             .map(|counts| counts.decoded_bytes(payload.len()));
-        Some(Pending {
+        Some(Received {
             offset,
             timestamp_ms: msg.timestamp().to_millis(),
             key: msg.key().map(<[u8]>::to_vec),
@@ -419,8 +419,8 @@ impl PartitionWorker {
         }
         self.paused = paused;
         let delta = if paused { 1.0 } else { -1.0 };
-        metrics::gauge!(m::PAUSED_PARTITIONS).increment(delta);
-        metrics::gauge!(m::PARTITION_PAUSED, &self.labels).set(if paused { 1.0 } else { 0.0 });
+        metrics::gauge!(metric::PAUSED_PARTITIONS).increment(delta);
+        metrics::gauge!(metric::PARTITION_PAUSED, &self.labels).set(if paused { 1.0 } else { 0.0 });
     }
 
     fn key(&self) -> PartitionKey<'_> {
@@ -468,7 +468,8 @@ impl PartitionWorker {
             self.write_messages(&batch.messages, &mut in_flight, probe.as_ref(), started)
                 .await
         } else {
-            metrics::counter!(m::CRASH_GUARD_RANGES, "topic" => self.topic.clone()).increment(1);
+            metrics::counter!(metric::CRASH_GUARD_RANGES, "topic" => self.topic.clone())
+                .increment(1);
             tracing::warn!(crashes, "the process died while this range was in flight: processing it one message at a time");
             // The batch's record stays in flight meanwhile: the first message's own
             // record takes its crash counts over, convicting only a message that
@@ -477,14 +478,14 @@ impl PartitionWorker {
         };
         drop(in_flight);
         if self.expected == Some(next_offset) {
-            self.committed(&batch, next_offset);
+            self.advance_past(&batch, next_offset);
         }
         flow
     }
 
     /// The range killed the process before: each message alone, each guarded,
     /// and a message that killed it `threshold` times is dead-lettered unread.
-    async fn write_one_by_one(&mut self, messages: &[Pending], probe: Option<&Probe>) -> Flow {
+    async fn write_one_by_one(&mut self, messages: &[Received], probe: Option<&Probe>) -> Flow {
         for message in messages {
             if self.expected.is_some_and(|e| message.offset < e) {
                 continue;
@@ -536,7 +537,7 @@ impl PartitionWorker {
             match blocking(move || guard.begin(&group, &topic, partition, first, last)).await {
                 Ok(in_flight) => return Some(in_flight),
                 Err(e) => {
-                    metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind())
+                    metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
                         .increment(1);
                     tracing::error!(error = %e, "cannot record the offset range in the spool directory; retrying");
                     backoff.wait(&self.stop).await.ok()?;
@@ -549,7 +550,7 @@ impl PartitionWorker {
     /// PostgreSQL, which the crash guard does not hold against the range.
     async fn write_messages(
         &mut self,
-        messages: &[Pending],
+        messages: &[Received],
         in_flight: &mut InFlight,
         probe: Option<&Probe>,
         started: Instant,
@@ -561,7 +562,7 @@ impl PartitionWorker {
 
     async fn commit_decoded(
         &mut self,
-        messages: &[Pending],
+        messages: &[Received],
         decoded: Vec<Result<DecodedTraces, Error>>,
         probe: Option<&Probe>,
         started: Instant,
@@ -608,7 +609,7 @@ impl PartitionWorker {
                 Flow::Continue
             }
             isolate::Outcome::Fenced { stored } => {
-                metrics::counter!(m::OFFSET_FENCE_CONFLICTS, &self.labels).increment(1);
+                metrics::counter!(metric::OFFSET_FENCE_CONFLICTS, &self.labels).increment(1);
                 tracing::warn!(expected = ?self.expected, stored = ?stored, "offset fence lost: another writer moved this partition; resuming from the stored offset");
                 self.rewind(stored).await
             }
@@ -628,7 +629,7 @@ impl PartitionWorker {
     }
 
     /// Decodes one message; a panic in the decoder makes that message poison, not the process.
-    fn decode(&self, message: &Pending) -> Result<DecodedTraces, Error> {
+    fn decode(&self, message: &Received) -> Result<DecodedTraces, Error> {
         let tenant = match &message.tenant {
             Ok(t) => t,
             Err(e) => {
@@ -662,7 +663,7 @@ impl PartitionWorker {
             decode::decode_scanned_traces(payload, encoding, tenant, limits, SystemTime::now())
         }))
         .unwrap_or_else(|panic| {
-            metrics::counter!(m::PANICS).increment(1);
+            metrics::counter!(metric::PANICS).increment(1);
             Err(Error::Panic(crate::error::panic_message(&panic)))
         })
     }
@@ -713,7 +714,7 @@ impl PartitionWorker {
         if first <= expected {
             return;
         }
-        metrics::counter!(m::OFFSET_GAPS, &self.labels).increment(1);
+        metrics::counter!(metric::OFFSET_GAPS, &self.labels).increment(1);
         let gap = first - expected;
         if gap > KNOWN_GAP {
             tracing::warn!(
@@ -734,36 +735,36 @@ impl PartitionWorker {
 
     fn record_write(
         &self,
-        messages: &[Pending],
+        messages: &[Received],
         decoded: &[Result<DecodedTraces, Error>],
         stats: WriteStats,
         took: Duration,
     ) {
         self.shared.health.set_pg_down(false);
         let topic = [("topic", self.topic.clone())];
-        metrics::counter!(m::BATCHES_COMMITTED, &topic).increment(1);
-        metrics::counter!(m::SPANS_WRITTEN, &topic).increment(stats.spans_inserted);
-        metrics::counter!(m::SPANS_DUPLICATE, &topic).increment(stats.spans_duplicate);
-        metrics::counter!(m::SPAN_EVENTS_WRITTEN, &topic).increment(stats.events_inserted);
-        metrics::counter!(m::SPAN_LINKS_WRITTEN, &topic).increment(stats.links_inserted);
-        metrics::histogram!(m::BATCH_MESSAGES).record(messages.len() as f64);
+        metrics::counter!(metric::BATCHES_COMMITTED, &topic).increment(1);
+        metrics::counter!(metric::SPANS_WRITTEN, &topic).increment(stats.spans_inserted);
+        metrics::counter!(metric::SPANS_DUPLICATE, &topic).increment(stats.spans_duplicate);
+        metrics::counter!(metric::SPAN_EVENTS_WRITTEN, &topic).increment(stats.events_inserted);
+        metrics::counter!(metric::SPAN_LINKS_WRITTEN, &topic).increment(stats.links_inserted);
+        metrics::histogram!(metric::BATCH_MESSAGES).record(messages.len() as f64);
         let spans: usize = decoded
             .iter()
             .filter_map(|d| d.as_ref().ok())
             .map(|d| d.spans.len())
             .sum();
-        metrics::histogram!(m::BATCH_SPANS).record(spans as f64);
-        metrics::histogram!(m::PG_TRANSACTION_SECONDS).record(took.as_secs_f64());
+        metrics::histogram!(metric::BATCH_SPANS).record(spans as f64);
+        metrics::histogram!(metric::PG_TRANSACTION_SECONDS).record(took.as_secs_f64());
         let mut sanitized = Sanitized::default();
         for d in decoded.iter().filter_map(|d| d.as_ref().ok()) {
             sanitized.add(d.sanitized);
         }
         if sanitized.nul_replaced > 0 {
-            metrics::counter!(m::SANITIZED_VALUES, "kind" => "nul")
+            metrics::counter!(metric::SANITIZED_VALUES, "kind" => "nul")
                 .increment(sanitized.nul_replaced);
         }
         if sanitized.nonfinite_floats > 0 {
-            metrics::counter!(m::SANITIZED_VALUES, "kind" => "nonfinite_float")
+            metrics::counter!(metric::SANITIZED_VALUES, "kind" => "nonfinite_float")
                 .increment(sanitized.nonfinite_floats);
         }
         tracing::debug!(
@@ -776,17 +777,17 @@ impl PartitionWorker {
     }
 
     /// The whole batch is committed (or dead-lettered): latency, lag, Kafka.
-    fn committed(&mut self, batch: &Batch, next_offset: i64) {
+    fn advance_past(&mut self, batch: &Batch, next_offset: i64) {
         let now_ms = crate::clock::now_millis();
         let mut newest = None;
         for ts in self.plausible_timestamps(batch, now_ms) {
-            metrics::histogram!(m::END_TO_END_LATENCY_SECONDS)
+            metrics::histogram!(metric::END_TO_END_LATENCY_SECONDS)
                 .record(crate::clock::age_seconds(now_ms, ts));
             newest = newest.max(Some(ts));
         }
         self.shared
             .lag
-            .committed(&self.topic, self.partition, next_offset, newest);
+            .record_commit(&self.topic, self.partition, next_offset, newest);
         commit::commit(
             &self.consumer,
             &self.owned,
@@ -831,7 +832,7 @@ impl PartitionWorker {
         if let Some(next) = stored {
             self.shared
                 .lag
-                .committed(&self.topic, self.partition, next, None);
+                .record_commit(&self.topic, self.partition, next, None);
         }
         let offset = stored.map_or(Offset::Beginning, Offset::Offset);
         let consumer = self.consumer.clone();
@@ -855,10 +856,10 @@ impl PartitionWorker {
     /// The next owner (or a restart) resumes there.
     async fn stop_partition(&mut self, stored: Option<i64>, why: &str) -> Flow {
         tracing::error!(stored = ?stored, why, "partition stopped; it resumes at the stored offset after a rebalance or restart");
-        metrics::gauge!(m::STOPPED_PARTITIONS).increment(1.0);
+        metrics::gauge!(metric::STOPPED_PARTITIONS).increment(1.0);
         self.set_paused(true);
         self.stop.cancelled().await;
-        metrics::gauge!(m::STOPPED_PARTITIONS).decrement(1.0);
+        metrics::gauge!(metric::STOPPED_PARTITIONS).decrement(1.0);
         self.set_paused(false);
         Flow::Stop
     }

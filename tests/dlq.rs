@@ -1,4 +1,4 @@
-//! The DLQ topic and the spool drainer, against the embedded Kafka and a real
+//! The DLQ topic and the spool forwarder, against the embedded Kafka and a real
 //! PostgreSQL: what a dead-letter record looks like on the wire, that only
 //! dead letters PostgreSQL committed past are published, and that a DLQ outage
 //! loses and duplicates nothing.
@@ -18,7 +18,7 @@ use spansink::kafka::mock::MockKafka;
 use spansink::kafka::Setting as KafkaSetting;
 use spansink::otlp::spansink::v1::{DeadLetter, Header};
 use spansink::poison::dlq::{self, header, DlqConfig, DlqPublisher};
-use spansink::poison::drain::{DrainReport, Drainer};
+use spansink::poison::forward::{ForwardReport, Forwarder};
 use spansink::poison::record;
 use spansink::poison::spool::{Spool, SpoolConfig};
 use tokio::sync::Notify;
@@ -82,12 +82,12 @@ fn letter(partition: i32, offset: i64) -> DeadLetter {
     }
 }
 
-/// A database, a DLQ topic, a spool and its drainer.
+/// A database, a DLQ topic, a spool and its forwarder.
 struct Drained {
     db: TestDb,
     kafka: MockKafka,
     spool: Arc<Spool>,
-    drainer: Drainer,
+    forwarder: Forwarder,
     _dir: tempfile::TempDir,
 }
 
@@ -101,12 +101,12 @@ impl Drained {
         let spool = spool(&dir);
         let publisher =
             Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(10))).unwrap());
-        let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
+        let forwarder = Forwarder::new(Arc::clone(&spool), publisher, pool);
         Drained {
             db,
             kafka,
             spool,
-            drainer,
+            forwarder,
             _dir: dir,
         }
     }
@@ -305,7 +305,7 @@ async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
         db,
         kafka,
         spool,
-        drainer,
+        forwarder,
         _dir,
     } = Drained::new().await;
 
@@ -321,10 +321,10 @@ async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
     }
     let id = |p, o| record::dead_letter_id(GROUP, SOURCE, p, o);
 
-    let report = drainer.drain_once().await.unwrap();
+    let report = forwarder.forward_once().await.unwrap();
     assert_eq!(
         report,
-        DrainReport {
+        ForwardReport {
             published: 2,
             pending: 3,
             failed: 0,
@@ -339,11 +339,11 @@ async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
     );
 
     // While running, entries not committed wait for their commit.
-    let again = drainer.drain_once().await.unwrap();
+    let again = forwarder.forward_once().await.unwrap();
     assert_eq!((again.published, again.pending), (0, 3));
     record_in_ledger(&db, spool.id(), 0, 8).await;
     set_stored_offset(&db, 0, 9).await;
-    let after_commit = drainer.drain_once().await.unwrap();
+    let after_commit = forwarder.forward_once().await.unwrap();
     assert_eq!((after_commit.published, after_commit.pending), (1, 2));
     assert_eq!(
         ids(&read_dlq(&kafka).await),
@@ -351,7 +351,7 @@ async fn only_dead_letters_the_ledger_holds_for_this_spool_are_published() {
     );
 
     // At start, they are superseded: their message will be consumed again.
-    assert_eq!(drainer.recover().await.unwrap(), 2);
+    assert_eq!(forwarder.recover().await.unwrap(), 2);
     assert!(spooled(&spool).is_empty());
     assert_eq!(read_dlq(&kafka).await.len(), 3);
 }
@@ -362,7 +362,7 @@ async fn an_upgrade_publishes_what_the_previous_release_spooled_and_committed() 
         db,
         kafka,
         spool,
-        drainer,
+        forwarder,
         _dir,
     } = Drained::new().await;
     // Entries without a spool id, as the release before the ledger wrote them:
@@ -372,11 +372,11 @@ async fn an_upgrade_publishes_what_the_previous_release_spooled_and_committed() 
     spool.put(&letter(0, 9)).unwrap();
 
     assert_eq!(
-        drainer.recover().await.unwrap(),
+        forwarder.recover().await.unwrap(),
         1,
         "only the uncommitted one goes"
     );
-    let report = drainer.drain_once().await.unwrap();
+    let report = forwarder.forward_once().await.unwrap();
     assert_eq!((report.published, report.discarded), (1, 0));
     assert_eq!(
         ids(&read_dlq(&kafka).await),
@@ -396,27 +396,27 @@ async fn an_upgrade_publishes_what_the_previous_release_spooled_and_committed() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_running_drainer_wakes_on_a_poke_and_drains_once_more_on_stop() {
+async fn the_running_forwarder_wakes_on_a_poke_and_publishes_once_more_on_stop() {
     let Drained {
         db,
         kafka,
         spool,
-        drainer,
+        forwarder,
         _dir,
     } = Drained::new().await;
-    let drainer = Arc::new(drainer);
+    let forwarder = Arc::new(forwarder);
     set_stored_offset(&db, 0, 100).await;
     record_in_ledger(&db, spool.id(), 0, 1).await;
     record_in_ledger(&db, spool.id(), 0, 2).await;
 
     let wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
-    let running = tokio::spawn(Arc::clone(&drainer).run(
+    let running = tokio::spawn(Arc::clone(&forwarder).run(
         Arc::clone(&wake),
         stop.clone(),
         Duration::from_secs(5),
     ));
-    // Let the first (empty) pass finish: the drainer now waits for up to 5 s.
+    // Let the first (empty) pass finish: the forwarder now waits for up to 5 s.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     spool.put(&spooled_letter(&spool, 0, 1)).unwrap();
@@ -460,7 +460,7 @@ async fn a_dlq_outage_keeps_every_dead_letter_and_publishes_each_once_after() {
     let spool = spool(&dir);
     let publisher =
         Arc::new(DlqPublisher::new(&dlq_config(&kafka, Duration::from_secs(3))).unwrap());
-    let drainer = Drainer::new(Arc::clone(&spool), publisher, pool);
+    let forwarder = Forwarder::new(Arc::clone(&spool), publisher, pool);
 
     set_stored_offset(&db, 0, 10).await;
     let mut expected = BTreeSet::new();
@@ -471,10 +471,10 @@ async fn a_dlq_outage_keeps_every_dead_letter_and_publishes_each_once_after() {
         expected.insert(d.id);
     }
 
-    let report = drainer.drain_once().await.unwrap();
+    let report = forwarder.forward_once().await.unwrap();
     assert_eq!(
         report,
-        DrainReport {
+        ForwardReport {
             published: 0,
             pending: 0,
             failed: 3,
@@ -488,7 +488,7 @@ async fn a_dlq_outage_keeps_every_dead_letter_and_publishes_each_once_after() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !spooled(&spool).is_empty() {
         assert!(Instant::now() < deadline, "the spool never drained");
-        let report = drainer.drain_once().await.unwrap();
+        let report = forwarder.forward_once().await.unwrap();
         assert_eq!(report.pending, 0);
     }
 

@@ -423,7 +423,7 @@ async fn a_message_that_aborts_the_process_is_dead_lettered_after_repeated_crash
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_spool_entry_is_quarantined_and_the_drainer_carries_on() {
+async fn a_torn_spool_entry_is_quarantined_and_the_forwarder_carries_on() {
     let db = TestDb::migrated().await;
     let (_kafka, bootstrap) = cluster(1);
     let spool_dir = tempfile::tempdir().expect("spool");

@@ -11,7 +11,7 @@ const LAYERS: &[(usize, &[&str])] = &[
     (
         0,
         &[
-            "batch", "clock", "error", "health", "loadgen", "logcap", "metrics", "model", "otlp",
+            "batch", "clock", "error", "health", "loadgen", "logcap", "metric", "model", "otlp",
             "retry", "shutdown", "tenant",
         ],
     ),

@@ -23,7 +23,7 @@ use common::traffic::{generator, stored_offsets};
 use prost::Message as _;
 use serde_json::Value;
 use spansink::kafka::mock::MockKafka;
-use spansink::metrics as m;
+use spansink::metric as m;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOPIC: &str = "otlp_spans";
@@ -969,9 +969,9 @@ fn metric_refs(text: &str) -> Vec<(String, &str)> {
     out
 }
 
-/// The names declared in src/metrics.rs.
+/// The names declared in src/metric.rs.
 fn declared_metrics() -> BTreeSet<String> {
-    artefact("src/metrics.rs")
+    artefact("src/metric.rs")
         .lines()
         .filter(|l| l.trim_start().starts_with("pub const"))
         .flat_map(|l| metric_refs(l).into_iter().map(|(n, _)| n))
@@ -1042,7 +1042,7 @@ fn dashboard_is_importable_and_filters_by_instance() {
 #[test]
 fn artefacts_use_only_declared_metrics() {
     let declared = declared_metrics();
-    assert!(declared.len() > 40, "src/metrics.rs read: {declared:?}");
+    assert!(declared.len() > 40, "src/metric.rs read: {declared:?}");
     let dashboard = dashboard();
     let mut sources: Vec<(&str, BTreeSet<String>)> = vec![(
         "deploy/grafana/spansink.json",

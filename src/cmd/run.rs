@@ -24,7 +24,7 @@ use crate::pg::write::Writer;
 use crate::poison::breaker::{BreakerConfig, Breakers};
 use crate::poison::crashguard::CrashGuard;
 use crate::poison::dlq::{DlqConfig, DlqPublisher};
-use crate::poison::drain::Drainer;
+use crate::poison::forward::Forwarder;
 use crate::poison::spool::{Spool, SpoolConfig};
 use crate::retry::Backoff;
 use crate::shutdown::Stopper;
@@ -32,7 +32,7 @@ use crate::worker::{Budget, LiveWorkers, Shared, WorkerSettings};
 
 /// How often the days ahead are made sure to have partitions.
 const PARTITION_MAINTENANCE: Duration = Duration::from_secs(3600);
-/// The drainer's last pass at shutdown: long enough for a healthy broker, short
+/// The forwarder's last pass at shutdown: long enough for a healthy broker, short
 /// enough not to hold up the exit when it is down (the entries stay spooled).
 const FINAL_DRAIN_PASS: Duration = Duration::from_secs(5);
 
@@ -111,18 +111,18 @@ pub async fn run(
         })
         .await?;
     }
-    let drainer = Arc::new(Drainer::new(spool.clone(), publisher, pool.clone()));
+    let forwarder = Arc::new(Forwarder::new(spool.clone(), publisher, pool.clone()));
     // Before consuming, no batch of this spool is in flight: what the ledger
     // does not hold for it will never be published from here.
     retry_transient("spool check", &args.ingest, &shutdown, || async {
-        drainer.recover().await.map(|_| ())
+        forwarder.recover().await.map(|_| ())
     })
     .await?;
     let dlq_wake = Arc::new(Notify::new());
-    let drainer_stop = CancellationToken::new();
-    let drainer_task = tokio::spawn(drainer.clone().run(
+    let forwarder_stop = CancellationToken::new();
+    let forwarder_task = tokio::spawn(forwarder.clone().run(
         dlq_wake.clone(),
-        drainer_stop.clone(),
+        forwarder_stop.clone(),
         FINAL_DRAIN_PASS,
     ));
 
@@ -187,9 +187,9 @@ pub async fn run(
     )
     .await;
     // Whatever was committed last may still be published.
-    drainer_stop.cancel();
-    if drainer_task.await.is_err() {
-        tracing::warn!("the DLQ drainer panicked");
+    forwarder_stop.cancel();
+    if forwarder_task.await.is_err() {
+        tracing::warn!("the DLQ forwarder panicked");
     }
     listener_stop.cancel();
     consumed?;
@@ -245,7 +245,7 @@ async fn consume_until_stopped(
         Err(e) => return Err(e),
     }
     for topic in &names {
-        crate::metrics::init_topic(topic);
+        crate::metric::init_topic(topic);
     }
     let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer
@@ -353,7 +353,7 @@ where
         match op().await {
             Ok(()) => return Ok(()),
             Err(e) if e.class() == Class::Transient => {
-                metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "kind" => e.transient_kind())
+                metrics::counter!(crate::metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
                     .increment(1);
                 tracing::warn!(error = %e, what, "transient failure; retrying");
                 backoff.wait(stop).await?;

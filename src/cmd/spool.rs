@@ -79,10 +79,10 @@ async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
         },
     )?);
     let pool = crate::pg::pool::connect(&args.db.settings()).await?;
-    let drainer = crate::poison::drain::Drainer::new(spool, publisher, pool);
+    let forwarder = crate::poison::forward::Forwarder::new(spool, publisher, pool);
     // No process holds the spool: what the ledger does not hold for it never will.
-    let discarded = drainer.recover().await?;
-    let report = drainer.drain_once().await?;
+    let discarded = forwarder.recover().await?;
+    let report = forwarder.forward_once().await?;
     Ok(format!(
         "published {}, discarded {} (not this spool's dead letters), oversize {}, failed {}\n",
         report.published,

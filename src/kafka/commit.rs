@@ -13,7 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::consume::Consumer;
-use crate::metrics as m;
+use crate::metric;
 
 /// Whether a worker still owns its partition; shared with the coordinator,
 /// which withdraws it when the assignment is lost.
@@ -64,7 +64,7 @@ pub fn commit(
         return;
     }
     if let Err(e) = consumer.commit(&tpl, mode) {
-        metrics::counter!(m::KAFKA_COMMIT_FAILURES, "topic" => topic.to_string()).increment(1);
+        metrics::counter!(metric::KAFKA_COMMIT_FAILURES, "topic" => topic.to_string()).increment(1);
         tracing::debug!(error = %e, topic, partition, next_offset, "advisory Kafka commit failed");
     }
 }
@@ -76,9 +76,9 @@ pub fn remove_partition_series(topic: &str, partition: i32) {
         ("topic", topic.to_string()),
         ("partition", partition.to_string()),
     ];
-    metrics::gauge!(m::CONSUMER_LAG_MESSAGES, &labels).set(0.0);
-    metrics::gauge!(m::CONSUMER_LAG_SECONDS, &labels).set(0.0);
-    metrics::gauge!(m::PARTITION_PAUSED, &labels).set(0.0);
-    metrics::gauge!(m::PARTITION_WORKERS, &labels).set(0.0);
-    metrics::gauge!(m::PARTITION_STUCK, &labels).set(0.0);
+    metrics::gauge!(metric::CONSUMER_LAG_MESSAGES, &labels).set(0.0);
+    metrics::gauge!(metric::CONSUMER_LAG_SECONDS, &labels).set(0.0);
+    metrics::gauge!(metric::PARTITION_PAUSED, &labels).set(0.0);
+    metrics::gauge!(metric::PARTITION_WORKERS, &labels).set(0.0);
+    metrics::gauge!(metric::PARTITION_STUCK, &labels).set(0.0);
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kafka::consume::Consumer;
 
 use crate::kafka::rebalance::TopicPartition;
-use crate::metrics as m;
+use crate::metric;
 
 /// How often the high watermarks are asked of the broker.
 const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
@@ -136,7 +136,7 @@ impl Lag {
         });
     }
 
-    pub fn committed(&self, topic: &str, partition: i32, next: i64, newest_ms: Option<i64>) {
+    pub fn record_commit(&self, topic: &str, partition: i32, next: i64, newest_ms: Option<i64>) {
         self.with(topic, partition, |p| {
             p.next = Some(next);
             p.oldest_pending_ms = None;
@@ -196,10 +196,10 @@ impl Lag {
                 ("partition", partition.to_string()),
             ];
             if let Some(messages) = messages {
-                metrics::gauge!(m::CONSUMER_LAG_MESSAGES, &labels).set(messages as f64);
+                metrics::gauge!(metric::CONSUMER_LAG_MESSAGES, &labels).set(messages as f64);
             }
-            metrics::gauge!(m::CONSUMER_LAG_SECONDS, &labels).set(seconds);
-            metrics::gauge!(m::PARTITION_STUCK, &labels).set(if is_stuck { 1.0 } else { 0.0 });
+            metrics::gauge!(metric::CONSUMER_LAG_SECONDS, &labels).set(seconds);
+            metrics::gauge!(metric::PARTITION_STUCK, &labels).set(if is_stuck { 1.0 } else { 0.0 });
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{Class, Error};
 use crate::kafka::lag::Lag;
-use crate::metrics as m;
+use crate::metric;
 use crate::shutdown::Stopper;
 
 pub type TopicPartition = (String, i32);
@@ -170,7 +170,7 @@ impl ConsumerContext for Context {
         }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+                metrics::counter!(metric::REBALANCES, "kind" => "assign").increment(1);
                 self.assign(tpl);
                 if let Err(e) = base.incremental_assign(tpl) {
                     // librdkafka's default rebalance ignores this error; an assignment
@@ -182,7 +182,7 @@ impl ConsumerContext for Context {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = base.assignment_lost();
                 let kind = if lost { "lost" } else { "revoke" };
-                metrics::counter!(m::REBALANCES, "kind" => kind).increment(1);
+                metrics::counter!(metric::REBALANCES, "kind" => kind).increment(1);
                 self.revoke(tpl, lost);
                 if let Err(e) = base.incremental_unassign(tpl) {
                     tracing::error!(error = %e, "incremental unassign failed");
@@ -192,7 +192,7 @@ impl ConsumerContext for Context {
                 // As librdkafka's default does: give the partitions up. Nothing of
                 // ours may commit for them any more.
                 tracing::error!(error = ?other, "rebalance error: releasing partitions");
-                metrics::counter!(m::REBALANCES, "kind" => "lost").increment(1);
+                metrics::counter!(metric::REBALANCES, "kind" => "lost").increment(1);
                 self.revoke(tpl, true);
                 if let Err(e) = base.incremental_unassign(tpl) {
                     tracing::error!(error = %e, "incremental unassign failed");

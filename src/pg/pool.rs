@@ -6,7 +6,7 @@ use deadpool_postgres::{
 use tokio_postgres::{CancelToken, NoTls};
 
 use crate::error::{Error, Result};
-use crate::metrics as m;
+use crate::metric;
 
 const PING: &str = include_str!("../../sql/ping.sql");
 const SESSION_SETUP: &str = include_str!("../../sql/session_setup.sql");
@@ -69,9 +69,9 @@ impl Canceller {
 pub fn record_pool_metrics(pool: &Pool) {
     let status = pool.status();
     let in_use = status.size.saturating_sub(status.available);
-    metrics::gauge!(m::PG_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
-    metrics::gauge!(m::PG_POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
-    metrics::gauge!(m::PG_POOL_WAITING).set(status.waiting as f64);
+    metrics::gauge!(metric::PG_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(metric::PG_POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
+    metrics::gauge!(metric::PG_POOL_WAITING).set(status.waiting as f64);
 }
 
 /// Readiness: a pooled connection answers a query.

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::metrics as m;
+use crate::metric;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
@@ -356,10 +356,10 @@ impl Inner {
             .filter(|b| b.state != State::Closed)
             .count();
         let held = t.holding();
-        metrics::gauge!(m::BREAKER_STATE, "topic" => topic.to_string()).set(worst);
-        metrics::gauge!(m::BREAKER_OPEN_PARTITIONS, "topic" => topic.to_string())
+        metrics::gauge!(metric::BREAKER_STATE, "topic" => topic.to_string()).set(worst);
+        metrics::gauge!(metric::BREAKER_OPEN_PARTITIONS, "topic" => topic.to_string())
             .set(open_partitions as f64);
-        metrics::gauge!(m::BREAKER_HELD, "topic" => topic.to_string()).set(if held {
+        metrics::gauge!(metric::BREAKER_HELD, "topic" => topic.to_string()).set(if held {
             1.0
         } else {
             0.0
@@ -485,7 +485,7 @@ impl TopicBreakers {
         tracing::error!(topic, partition = ?opened, poison, messages, threshold = cfg.threshold,
             "circuit breaker open: most recent messages are poison, which looks systemic \
              (a wrong encoding? a bad deploy?); pausing instead of dead-lettering the stream");
-        metrics::counter!(m::BREAKER_TRIPS, "topic" => topic.to_string()).increment(1);
+        metrics::counter!(metric::BREAKER_TRIPS, "topic" => topic.to_string()).increment(1);
         false
     }
 

@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::metrics as m;
+use crate::metric;
 use crate::poison::spool::{parent_dir, sync_dir};
 
 const INFLIGHT_DIR: &str = "inflight";
@@ -234,7 +234,7 @@ impl CrashGuard {
     }
 
     fn report_dead(&self, key: &Key<'_>, previous: Option<Record>, step: &Step) {
-        metrics::counter!(m::CRASH_GUARD_RANGES).increment(1);
+        metrics::counter!(metric::CRASH_GUARD_RANGES).increment(1);
         let (first, last) = previous.and_then(|r| r.range).unwrap_or_default();
         tracing::warn!(
             group = key.group,

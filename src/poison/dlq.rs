@@ -536,7 +536,7 @@ fn apply(d: &mut DeadLetter, seen: &mut Required, key: &str, value: Option<&[u8]
 }
 
 /// Routes librdkafka's log and error events to `tracing`. While the DLQ's
-/// brokers are down every connection attempt reports an error; the drainer
+/// brokers are down every connection attempt reports an error; the forwarder
 /// already reports the failed deliveries, so these stay at debug level.
 pub struct DlqContext;
 

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Pending;
+use crate::batch::Received;
 use crate::error::{Class, Error, Reason};
 use crate::health::Health;
-use crate::metrics as m;
+use crate::metric;
 use crate::model::DecodedTraces;
 use crate::otlp::spansink::v1::{DeadLetter, Header};
 use crate::pg::offsets::PartitionKey;
@@ -87,7 +87,7 @@ enum RangeResult {
 pub async fn commit(
     ctx: &Ctx<'_>,
     expected: &mut Option<i64>,
-    messages: &[Pending],
+    messages: &[Received],
     decoded: &[Result<DecodedTraces, Error>],
 ) -> Outcome {
     let mut dead: Vec<(usize, Reason)> = Vec::new();
@@ -128,7 +128,7 @@ pub async fn commit(
                 unconfirmed |= lost_ack;
             }
             RangeResult::Poison(err) => {
-                metrics::counter!(m::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "poison")
+                metrics::counter!(metric::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "poison")
                     .increment(1);
                 let good: Vec<usize> = (lo..hi).filter(|i| ledger[*i].is_none()).collect();
                 for i in &good {
@@ -189,7 +189,7 @@ pub async fn commit(
                     // The offset move alone was slow: the database is, not the data.
                     [] => pending.push((lo, hi)),
                     _ => {
-                        metrics::counter!(m::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "too_slow")
+                        metrics::counter!(metric::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "too_slow")
                             .increment(1);
                         tracing::warn!(messages = good.len(), error = %err, "batch outlasted the statement timeout: splitting it");
                         split(&good, lo, hi, &mut pending);
@@ -197,7 +197,7 @@ pub async fn commit(
                 }
             }
             // Dead letters spooled for this batch and not committed stay in the
-            // spool: the drainer publishes only what the ledger holds.
+            // spool: the forwarder publishes only what the ledger holds.
             RangeResult::Fenced(stored) => return Outcome::Fenced { stored },
             RangeResult::Stopped => return Outcome::Stopped,
             RangeResult::Fatal(e) => return Outcome::Fatal(e),
@@ -256,7 +256,7 @@ async fn write_range(
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
-                metrics::counter!(m::PANICS).increment(1);
+                metrics::counter!(metric::PANICS).increment(1);
                 Err(Error::Panic(crate::error::panic_message(&panic)))
             });
         let err = match result {
@@ -275,7 +275,7 @@ async fn write_range(
             Class::Poison => return RangeResult::Poison(err),
             Class::Fatal => return RangeResult::Fatal(err),
             Class::Transient => {
-                metrics::counter!(m::TRANSIENT_RETRIES, "kind" => err.transient_kind())
+                metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => err.transient_kind())
                     .increment(1);
                 ctx.health
                     .set_pg_down(err.transient_kind().starts_with("pg_"));
@@ -312,7 +312,7 @@ fn timed_out(err: &Error, took: Duration, timeout: Duration) -> bool {
 /// breaker agrees that it may be dead-lettered. Returns its ledger row.
 pub async fn spool(
     ctx: &Ctx<'_>,
-    message: &Pending,
+    message: &Received,
     err: &Error,
     attempts: Attempts,
 ) -> std::result::Result<LedgerEntry, Outcome> {
@@ -332,7 +332,7 @@ pub async fn spool(
         match put {
             Ok(Ok(_)) => {
                 let reason = err.reason().unwrap_or(Reason::Panic);
-                metrics::counter!(m::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
+                metrics::counter!(metric::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
                     "stage" => reason.stage(), "reason" => reason.as_str())
                 .increment(1);
                 // Every dead letter is counted and kept; the log samples them.
@@ -342,7 +342,8 @@ pub async fn spool(
                 return Ok(ledger_entry(&dead_letter));
             }
             Ok(Err(e)) => {
-                metrics::counter!(m::TRANSIENT_RETRIES, "kind" => e.transient_kind()).increment(1);
+                metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
+                    .increment(1);
                 tracing::error!(error = %e, "cannot write to the spool; retrying");
             }
             Err(join) => {
@@ -399,7 +400,7 @@ impl Attempts {
 /// The dead letter for one message: the original bytes, unchanged, and why.
 pub fn dead_letter(
     ctx: &Ctx<'_>,
-    message: &Pending,
+    message: &Received,
     err: &Error,
     attempts: Attempts,
 ) -> DeadLetter {

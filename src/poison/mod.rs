@@ -9,7 +9,7 @@
 pub mod breaker;
 pub mod crashguard;
 pub mod dlq;
-pub mod drain;
+pub mod forward;
 pub mod isolate;
 pub mod reader;
 pub mod record;

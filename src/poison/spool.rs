@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost::Message as _;
 
 use crate::error::{Error, Result};
-use crate::metrics as m;
+use crate::metric;
 use crate::otlp::spansink::v1::DeadLetter;
 
 const MAGIC: &[u8; 4] = b"SPDL";
@@ -384,9 +384,9 @@ impl Spool {
             .oldest
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!(m::SPOOL_ENTRIES).set(stats.entries as f64);
-        metrics::gauge!(m::SPOOL_BYTES).set(stats.bytes as f64);
-        metrics::gauge!(m::SPOOL_OLDEST_AGE_SECONDS).set(age);
+        metrics::gauge!(metric::SPOOL_ENTRIES).set(stats.entries as f64);
+        metrics::gauge!(metric::SPOOL_BYTES).set(stats.bytes as f64);
+        metrics::gauge!(metric::SPOOL_OLDEST_AGE_SECONDS).set(age);
     }
 
     /// How many files `quarantine/` holds, for operators.
@@ -433,8 +433,8 @@ impl Spool {
     }
 
     fn record_capacity(&self) {
-        metrics::gauge!(m::SPOOL_CAPACITY_ENTRIES).set(self.config.max_entries as f64);
-        metrics::gauge!(m::SPOOL_CAPACITY_BYTES).set(self.config.max_bytes as f64);
+        metrics::gauge!(metric::SPOOL_CAPACITY_ENTRIES).set(self.config.max_entries as f64);
+        metrics::gauge!(metric::SPOOL_CAPACITY_BYTES).set(self.config.max_bytes as f64);
     }
 
     /// Brings the directory back to a state where every `.dl` file is a whole,
@@ -508,7 +508,7 @@ impl Spool {
         }
         sync_dir(&self.quarantine)?;
         sync_dir(&self.config.dir)?;
-        metrics::counter!(m::SPOOL_QUARANTINED).increment(1);
+        metrics::counter!(metric::SPOOL_QUARANTINED).increment(1);
         tracing::warn!(
             file = %name,
             why = %damage,

@@ -25,7 +25,7 @@
 //! At start, and for `spansink spool drain` (the spool's lock says no batch of
 //! it is in flight), waiting entries are discarded too: their batch never
 //! committed, so their message will be consumed, and judged, again
-//! ([`Drainer::recover`]). Entries written before the ledger existed are
+//! ([`Forwarder::recover`]). Entries written before the ledger existed are
 //! recorded in it then if their offset is already past, so an upgrade
 //! discards nothing.
 //!
@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::metrics as m;
+use crate::metric;
 use crate::otlp::spansink::v1::DeadLetter;
 use crate::poison::dlq::{self, DlqPublisher, PendingDelivery};
 use crate::poison::isolate::ledger_entry;
@@ -53,7 +53,7 @@ use crate::retry::Backoff;
 const SETTLED: &str = include_str!("../../sql/dead_letters_settled.sql");
 const ADOPT: &str = include_str!("../../sql/dead_letters_adopt.sql");
 
-/// How often the drainer looks at the spool when nothing wakes it: entries
+/// How often the forwarder looks at the spool when nothing wakes it: entries
 /// whose commit landed without a poke (after a restart, say) wait no longer.
 const TICK: Duration = Duration::from_secs(5);
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -67,7 +67,7 @@ const CHECK_CHUNK: usize = 1000;
 
 /// What one pass did. Entries a halted pass did not reach are in no count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DrainReport {
+pub struct ForwardReport {
     /// Acknowledged by the broker and removed from the spool.
     pub published: usize,
     /// Not yet committed in PostgreSQL: left for a later pass.
@@ -103,15 +103,15 @@ fn fate(d: &DeadLetter, my_spool: &str, stored: Option<i64>, ledger: Option<&str
     }
 }
 
-pub struct Drainer {
+pub struct Forwarder {
     spool: Arc<Spool>,
     publisher: Arc<DlqPublisher>,
     pool: Pool,
 }
 
-impl Drainer {
+impl Forwarder {
     pub fn new(spool: Arc<Spool>, publisher: Arc<DlqPublisher>, pool: Pool) -> Self {
-        Drainer {
+        Forwarder {
             spool,
             publisher,
             pool,
@@ -152,7 +152,7 @@ impl Drainer {
 
     /// One pass: publish every entry the ledger holds for this spool (oldest
     /// first), remove it on ack, and remove those that will never be.
-    pub async fn drain_once(&self) -> Result<DrainReport> {
+    pub async fn forward_once(&self) -> Result<ForwardReport> {
         self.pass(&CancellationToken::new()).await
     }
 
@@ -161,7 +161,7 @@ impl Drainer {
     /// bounded by `final_pass`.
     ///
     /// The pipeline pokes `wake` with `notify_one` after each commit that
-    /// spooled something: the permit is kept if the drainer is busy, so no
+    /// spooled something: the permit is kept if the forwarder is busy, so no
     /// poke is lost. Cancel `stop` after the pipeline has stopped, so that the
     /// last pass sees its last commits.
     pub async fn run(
@@ -183,11 +183,11 @@ impl Drainer {
                 break;
             }
         }
-        let last = tokio::time::timeout(final_pass, self.drain_once()).await;
+        let last = tokio::time::timeout(final_pass, self.forward_once()).await;
         match last {
-            Ok(Ok(report)) => tracing::info!(?report, "dead-letter drainer stopped"),
+            Ok(Ok(report)) => tracing::info!(?report, "dead-letter forwarder stopped"),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "dead-letter drainer stopped; entries stay spooled")
+                tracing::warn!(error = %e, "dead-letter forwarder stopped; entries stay spooled")
             }
             Err(_) => tracing::warn!(
                 timeout = ?final_pass,
@@ -218,7 +218,7 @@ impl Drainer {
                 report.failed == 0
             }
             Err(e) => {
-                metrics::counter!(m::DLQ_PUBLISH_FAILURES, "cause" => pass_failure_cause(&e))
+                metrics::counter!(metric::DLQ_PUBLISH_FAILURES, "cause" => pass_failure_cause(&e))
                     .increment(1);
                 tracing::warn!(error = %e, "dead-letter pass failed; retrying with backoff");
                 false
@@ -229,7 +229,7 @@ impl Drainer {
     /// The pass itself. `stop` ends the handing over of new entries; those
     /// already in flight are still settled, so that none is left published
     /// but spooled.
-    async fn pass(&self, stop: &CancellationToken) -> Result<DrainReport> {
+    async fn pass(&self, stop: &CancellationToken) -> Result<ForwardReport> {
         let mut pass = Pass::default();
         let mut halted: Option<Error> = None;
         let entries = self.entries().await?;
@@ -326,7 +326,7 @@ impl Drainer {
         let InFlight { letter, delivery } = in_flight;
         match delivery.acknowledged().await {
             Ok((partition, offset)) => {
-                metrics::counter!(m::DLQ_PUBLISHED).increment(1);
+                metrics::counter!(metric::DLQ_PUBLISHED).increment(1);
                 pass.report.published += 1;
                 tracing::debug!(id = %letter.id, partition, offset, "dead letter published");
                 // If this fails the entry is published again by a later pass.
@@ -359,7 +359,7 @@ impl Drainer {
             .blocking(move |spool| spool.set_aside_oversize(&id))
             .await?;
         pass.report.oversize += 1;
-        metrics::counter!(m::DLQ_OVERSIZE).increment(1);
+        metrics::counter!(metric::DLQ_OVERSIZE).increment(1);
         tracing::error!(
             id = %d.id,
             bytes = d.payload.len(),
@@ -437,7 +437,7 @@ impl Drainer {
 
     async fn discard(&self, d: &DeadLetter, why: &str) -> Result<()> {
         self.remove(&d.id).await?;
-        metrics::counter!(m::SPOOL_SUPERSEDED).increment(1);
+        metrics::counter!(metric::SPOOL_SUPERSEDED).increment(1);
         tracing::info!(
             id = %d.id,
             topic = %d.topic,
@@ -492,9 +492,9 @@ impl Drainer {
     }
 }
 
-impl std::fmt::Debug for Drainer {
+impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Drainer")
+        f.debug_struct("Forwarder")
             .field("publisher", &self.publisher)
             .finish_non_exhaustive()
     }
@@ -519,7 +519,7 @@ struct InFlight {
 
 #[derive(Default)]
 struct Pass {
-    report: DrainReport,
+    report: ForwardReport,
     in_flight: VecDeque<InFlight>,
     /// A delivery failed for a reason that is not the record's own: the DLQ
     /// is unreachable, and more entries would only fail the same way.
@@ -529,7 +529,7 @@ struct Pass {
 impl Pass {
     fn failure(&mut self, cause: &'static str) {
         self.report.failed += 1;
-        metrics::counter!(m::DLQ_PUBLISH_FAILURES, "cause" => cause).increment(1);
+        metrics::counter!(metric::DLQ_PUBLISH_FAILURES, "cause" => cause).increment(1);
     }
 
     fn publish_failed(&mut self, id: &str, e: &Error) {
