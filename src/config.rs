@@ -379,6 +379,10 @@ impl IngestArgs {
         self.max_inflight_bytes / 2
     }
 
+    pub fn retry_policy(&self) -> crate::retry::Policy {
+        crate::retry::Policy::new(self.retry_initial, self.retry_max)
+    }
+
     pub fn limits(&self) -> crate::decode::Limits {
         let quarter = crate::decode::ItemLimits::within(self.batch_budget() as u64 / 4);
         crate::decode::Limits {

@@ -33,14 +33,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::Encoding;
-use crate::error::{Class, Error, Result};
+use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::kafka::commit::{remove_partition_series, Ownership};
 use crate::kafka::consume::Consumer;
 use crate::kafka::rebalance::{RebalanceEvent, TopicPartition};
 use crate::metric;
 use crate::pg::offsets::{self, PartitionKey};
-use crate::retry::Backoff;
+use crate::retry;
 use crate::shutdown::Stopper;
 use crate::worker::{Assigned, PartitionWorker, Shared};
 
@@ -298,26 +298,26 @@ impl Coordinator {
     /// The offsets to start from, read once no transaction is moving them,
     /// retried while PostgreSQL is unavailable. `None` on shutdown or a fatal error.
     async fn read_offsets(&self, partitions: &[TopicPartition]) -> Option<Vec<Option<i64>>> {
-        let settings = &self.shared.settings;
-        let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
-        loop {
-            // A read waiting on a locked row must not hold up shutdown.
-            let read = tokio::select! {
-                read = self.try_read_offsets(partitions) => read,
-                _ = self.stopper.token().cancelled() => return None,
-            };
-            match read {
-                Ok(v) => return Some(v),
-                Err(e) if e.class() == Class::Fatal => {
-                    self.stopper.fail(e);
-                    return None;
+        let stop = self.stopper.token();
+        let read = retry::until_ok(
+            "reading stored offsets",
+            stop,
+            self.shared.settings.retry,
+            |_| async {
+                // A read waiting on a locked row must not hold up shutdown.
+                tokio::select! {
+                    read = self.try_read_offsets(partitions) => read,
+                    _ = stop.cancelled() => Err(Error::Shutdown),
                 }
-                Err(e) => {
-                    metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
-                        .increment(1);
-                    tracing::warn!(error = %e, "cannot read stored offsets; retrying");
-                    backoff.wait(self.stopper.token()).await.ok()?;
-                }
+            },
+        )
+        .await;
+        match read {
+            Ok(v) => Some(v),
+            Err(Error::Shutdown) => None,
+            Err(e) => {
+                self.stopper.fail(e);
+                None
             }
         }
     }

@@ -4,6 +4,7 @@
 //! `kafka::consume → decode → batch → pg::write (+ pg::offsets) → kafka::commit`.
 
 pub mod batch;
+pub mod blocking;
 pub mod clock;
 pub mod cmd;
 pub mod config;

@@ -1,15 +1,70 @@
-//! Jittered exponential backoff for transient failures.
+//! The one way spansink waits out a transient failure.
 //!
-//! A transient failure never moves a partition and never exits the process: the
-//! caller waits here and tries again, for as long as it takes, unless shutdown
-//! or a revocation asks it to stop.
+//! A transient failure never moves a partition and never exits the process:
+//! [`until_ok`] counts it, logs it and tries again after a jittered,
+//! exponentially growing delay, for as long as it takes, unless `stop` fires.
+//! Poison and fatal failures are returned at once: what they mean is the
+//! caller's decision.
 
+use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Class, Error, Result};
+use crate::metric;
+
+/// The delays between tries: from `initial`, doubling, never above `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Policy {
+    pub const fn new(initial: Duration, max: Duration) -> Self {
+        Policy { initial, max }
+    }
+
+    pub fn backoff(self) -> Backoff {
+        Backoff::new(self.initial, self.max)
+    }
+}
+
+/// Runs `op` until it succeeds or fails with anything but a transient error.
+/// `op` gets the number of earlier tries, so that a retry can first find out
+/// what the failed try left behind. `stop` is honoured between tries, never
+/// during one: a try is a unit the caller chose. Returns `Error::Shutdown`
+/// when `stop` fires while waiting.
+pub async fn until_ok<T, F, Fut>(
+    what: &'static str,
+    stop: &CancellationToken,
+    policy: Policy,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = policy.backoff();
+    let mut tries = 0u32;
+    loop {
+        match op(tries).await {
+            Err(e) if e.class() == Class::Transient && !matches!(e, Error::Shutdown) => {
+                metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
+                    .increment(1);
+                // Every partition may be waiting on the same outage: sample the log.
+                if let Some(held_back) = crate::logcap::allow(what) {
+                    tracing::warn!(error = %e, what, tries = tries + 1, held_back, "transient failure; backing off and retrying");
+                }
+                backoff.wait(stop).await?;
+                tries = tries.saturating_add(1);
+            }
+            other => return other,
+        }
+    }
+}
 
 /// An endless sequence of jittered, exponentially growing delays.
 pub struct Backoff {
@@ -46,7 +101,15 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+
+    const FAST: Policy = Policy::new(Duration::from_millis(1), Duration::from_millis(2));
+
+    fn transient() -> Error {
+        Error::io("test", std::io::Error::other("disk full"))
+    }
 
     #[test]
     fn delays_grow_and_stay_capped() {
@@ -62,5 +125,51 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         assert!(matches!(b.wait(&stop).await, Err(Error::Shutdown)));
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_the_operation_succeeds() {
+        let stop = CancellationToken::new();
+        let got = until_ok("test", &stop, FAST, |tries| async move {
+            if tries < 3 {
+                Err(transient())
+            } else {
+                Ok(tries)
+            }
+        })
+        .await;
+        assert_eq!(got.ok(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn poison_and_fatal_failures_return_at_once() {
+        let stop = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let poison = until_ok("test", &stop, FAST, |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Err::<(), _>(Error::input(crate::error::Reason::BadJson, "x")) }
+        })
+        .await;
+        assert!(matches!(poison, Err(Error::Input { .. })));
+        let fatal = until_ok("test", &stop, FAST, |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Err::<(), _>(Error::Internal("broken".into())) }
+        })
+        .await;
+        assert!(matches!(fatal, Err(Error::Internal(_))));
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_wait_with_shutdown() {
+        let stop = CancellationToken::new();
+        let slow = Policy::new(Duration::from_secs(60), Duration::from_secs(60));
+        let stopper = stop.clone();
+        let got = until_ok("test", &stop, slow, |_| {
+            stopper.cancel();
+            async { Err::<(), _>(transient()) }
+        })
+        .await;
+        assert!(matches!(got, Err(Error::Shutdown)));
     }
 }

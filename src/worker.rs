@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::batch::{Batch, BatchLimits, Received};
+use crate::blocking;
 use crate::decode::Encoding;
 use crate::decode::{self, Limits};
 use crate::error::{Error, Reason};
@@ -38,25 +39,12 @@ use crate::poison::breaker::{Admission, Breakers, Probe};
 use crate::poison::crashguard::{CrashGuard, InFlight};
 use crate::poison::isolate;
 use crate::poison::spool::Spool;
-use crate::retry::Backoff;
+use crate::retry::{self, Policy};
 use crate::shutdown::Stopper;
 
 /// Gaps this small are what transaction markers leave; larger ones come from
 /// compaction, retention or a reset, and are worth a warning.
 const KNOWN_GAP: i64 = 2;
-
-/// Runs a blocking spool or crash-guard call off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
-) -> crate::error::Result<T> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        // A bug in spool or crash-guard code, never the message's fault.
-        Err(Error::io(
-            "spool directory",
-            std::io::Error::other(e.to_string()),
-        ))
-    })
-}
 
 /// How a worker decodes and batches.
 #[derive(Debug, Clone)]
@@ -66,8 +54,7 @@ pub struct WorkerSettings {
     pub default_tenant: String,
     pub limits: Limits,
     pub batch: BatchLimits,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
+    pub retry: Policy,
     /// The sessions' `statement_timeout` (`--pg-statement-timeout`); zero: none.
     pub statement_timeout: Duration,
     /// Test-only fault injection: abort the process on a payload holding these bytes.
@@ -523,25 +510,27 @@ impl PartitionWorker {
     /// directory cannot be written (a full disk pauses, it never skips the
     /// guard). `None` when asked to stop meanwhile.
     async fn guard_begin(&self, first: i64, last: i64) -> Option<InFlight> {
-        let mut backoff = Backoff::new(
-            self.shared.settings.retry_initial,
-            self.shared.settings.retry_max,
-        );
-        loop {
-            let guard = self.shared.crash_guard.clone();
-            let (group, topic, partition) = (
-                self.shared.settings.group.clone(),
-                self.topic.clone(),
-                self.partition,
-            );
-            match blocking(move || guard.begin(&group, &topic, partition, first, last)).await {
-                Ok(in_flight) => return Some(in_flight),
-                Err(e) => {
-                    metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
-                        .increment(1);
-                    tracing::error!(error = %e, "cannot record the offset range in the spool directory; retrying");
-                    backoff.wait(&self.stop).await.ok()?;
-                }
+        let settings = &self.shared.settings;
+        let begun = retry::until_ok(
+            "recording a range with the crash guard",
+            &self.stop,
+            settings.retry,
+            |_| {
+                let guard = self.shared.crash_guard.clone();
+                let (group, topic, partition) =
+                    (settings.group.clone(), self.topic.clone(), self.partition);
+                blocking::run("crash guard", move || {
+                    guard.begin(&group, &topic, partition, first, last)
+                })
+            },
+        )
+        .await;
+        match begun {
+            Ok(in_flight) => Some(in_flight),
+            Err(Error::Shutdown) => None,
+            Err(e) => {
+                self.shared.stopper.fail(e);
+                None
             }
         }
     }
@@ -578,8 +567,7 @@ impl PartitionWorker {
             health: &shared.health,
             breakers: &shared.breakers,
             probe,
-            retry_initial: shared.settings.retry_initial,
-            retry_max: shared.settings.retry_max,
+            retry: shared.settings.retry,
             statement_timeout: shared.settings.statement_timeout,
         };
         let mut expected = self.expected;
@@ -837,14 +825,14 @@ impl PartitionWorker {
         let offset = stored.map_or(Offset::Beginning, Offset::Offset);
         let consumer = self.consumer.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
-        let seek = tokio::task::spawn_blocking(move || {
-            consumer.seek(&topic, partition, offset, Duration::from_secs(10))
+        let seek = blocking::run("seek", move || {
+            Ok(consumer.seek(&topic, partition, offset, Duration::from_secs(10))?)
         })
         .await;
         match seek {
-            Ok(Ok(())) => Flow::Continue,
-            other => {
-                tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot rewind to the stored offset");
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rewind to the stored offset");
                 self.stop_partition(stored, "cannot rewind to the stored offset")
                     .await
             }
@@ -877,9 +865,13 @@ impl PartitionWorker {
             self.topic.clone(),
             self.partition,
         );
-        let _ = tokio::task::spawn_blocking(move || {
-            commit::commit(&consumer, &owned, &topic, partition, next, CommitMode::Sync)
+        let committed = blocking::run("final offset commit", move || {
+            commit::commit(&consumer, &owned, &topic, partition, next, CommitMode::Sync);
+            Ok(())
         })
         .await;
+        if let Err(e) = committed {
+            self.shared.stopper.fail(e);
+        }
     }
 }

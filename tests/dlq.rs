@@ -415,6 +415,7 @@ async fn the_running_forwarder_wakes_on_a_poke_and_publishes_once_more_on_stop()
         Arc::clone(&wake),
         stop.clone(),
         Duration::from_secs(5),
+        spansink::shutdown::Stopper::new(CancellationToken::new()),
     ));
     // Let the first (empty) pass finish: the forwarder now waits for up to 5 s.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 
+use crate::blocking;
 use crate::config::{parse_duration, DbArgs, IngestArgs, KafkaArgs};
 use crate::decode;
 use crate::error::{Class, Error, Result};
@@ -21,7 +22,9 @@ use crate::model::DecodedTraces;
 use crate::otlp::spansink::v1::DeadLetter;
 use crate::pg::partitions::Partitions;
 use crate::pg::write::{WriteStats, Writer};
-use crate::retry::Backoff;
+use crate::retry::{self, Policy};
+
+const REPLAY_RETRY: Policy = Policy::new(Duration::from_millis(100), Duration::from_secs(10));
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
@@ -236,24 +239,17 @@ async fn write(writer: &Writer, decoded: &DecodedTraces, dl: &DeadLetter) -> Res
         topic: &dl.topic,
         partition: dl.partition,
     };
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    // Replay runs in the foreground: Ctrl-C ends it, nothing else stops a retry.
     let never = tokio_util::sync::CancellationToken::new();
-    loop {
-        match writer
-            .write_replayed(&[decoded], Some((source, dl.offset)))
-            .await
-        {
-            Err(e) if e.class() == Class::Transient => {
-                tracing::warn!(error = %e, "transient failure; retrying");
-                backoff.wait(&never).await?;
-            }
-            other => return other,
-        }
-    }
+    let rows = [decoded];
+    retry::until_ok("replaying a dead letter", &never, REPLAY_RETRY, |_| {
+        writer.write_replayed(&rows, Some((source, dl.offset)))
+    })
+    .await
 }
 
 async fn read_spool(dir: PathBuf) -> Result<Vec<DeadLetter>> {
-    tokio::task::spawn_blocking(move || {
+    blocking::run("reading the spool", move || {
         let spool = crate::poison::spool::Spool::open_read_only(&dir)?;
         let mut out = Vec::new();
         for entry in spool.list()? {
@@ -267,5 +263,4 @@ async fn read_spool(dir: PathBuf) -> Result<Vec<DeadLetter>> {
         Ok(out)
     })
     .await
-    .map_err(|e| Error::Panic(e.to_string()))?
 }

@@ -10,9 +10,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::BatchLimits;
+use crate::blocking;
 use crate::config::{AdminAddr, RunArgs};
 use crate::coordinator::{Coordinator, CoordinatorConfig};
-use crate::error::{Class, Error, Result};
+use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::http::Admin;
 use crate::kafka::consume;
@@ -26,7 +27,7 @@ use crate::poison::crashguard::CrashGuard;
 use crate::poison::dlq::{DlqConfig, DlqPublisher};
 use crate::poison::forward::Forwarder;
 use crate::poison::spool::{Spool, SpoolConfig};
-use crate::retry::Backoff;
+use crate::retry;
 use crate::shutdown::Stopper;
 use crate::worker::{Budget, LiveWorkers, Shared, WorkerSettings};
 
@@ -34,7 +35,7 @@ use crate::worker::{Budget, LiveWorkers, Shared, WorkerSettings};
 const PARTITION_MAINTENANCE: Duration = Duration::from_secs(3600);
 /// The forwarder's last pass at shutdown: long enough for a healthy broker, short
 /// enough not to hold up the exit when it is down (the entries stay spooled).
-const FINAL_DRAIN_PASS: Duration = Duration::from_secs(5);
+const FINAL_FORWARD_PASS: Duration = Duration::from_secs(5);
 
 pub async fn run(
     args: &RunArgs,
@@ -106,24 +107,31 @@ pub async fn run(
 
     if !args.no_migrate {
         let ahead = args.db.partitions_ahead_days;
-        retry_transient("migrations", &args.ingest, &shutdown, || {
-            crate::cmd::migrate::apply(&pool, ahead)
-        })
+        retry::until_ok(
+            "applying migrations",
+            &shutdown,
+            args.ingest.retry_policy(),
+            |_| crate::cmd::migrate::apply(&pool, ahead),
+        )
         .await?;
     }
     let forwarder = Arc::new(Forwarder::new(spool.clone(), publisher, pool.clone()));
     // Before consuming, no batch of this spool is in flight: what the ledger
     // does not hold for it will never be published from here.
-    retry_transient("spool check", &args.ingest, &shutdown, || async {
-        forwarder.recover().await.map(|_| ())
-    })
+    retry::until_ok(
+        "checking the spool against the ledger",
+        &shutdown,
+        args.ingest.retry_policy(),
+        |_| async { forwarder.recover().await.map(|_| ()) },
+    )
     .await?;
     let dlq_wake = Arc::new(Notify::new());
     let forwarder_stop = CancellationToken::new();
     let forwarder_task = tokio::spawn(forwarder.clone().run(
         dlq_wake.clone(),
         forwarder_stop.clone(),
-        FINAL_DRAIN_PASS,
+        FINAL_FORWARD_PASS,
+        stopper.clone(),
     ));
 
     let partitions = Arc::new(Partitions::new());
@@ -152,8 +160,7 @@ pub async fn run(
                 max_bytes: ingest.batch_max_bytes,
                 linger: ingest.batch_linger,
             },
-            retry_initial: ingest.retry_initial,
-            retry_max: ingest.retry_max,
+            retry: ingest.retry_policy(),
             statement_timeout: args.db.pg_statement_timeout,
             fault_abort_marker: args.fault_abort_marker.clone(),
         },
@@ -273,16 +280,17 @@ async fn consume_until_stopped(
     // Every worker has ended. Closing blocks while librdkafka leaves the group,
     // and runs a last revocation through the (now gone) coordinator: off the
     // async workers, after the poll thread has let go.
-    let closed = tokio::task::spawn_blocking(move || {
-        if poller.join().is_err() {
-            tracing::error!("the Kafka poll thread panicked");
-        }
+    blocking::run("closing the Kafka consumer", move || {
+        let polled = poller.join();
         drop(consumer);
+        polled.map_err(|panic| {
+            Error::Internal(format!(
+                "the Kafka poll thread panicked: {}",
+                crate::error::panic_message(&panic)
+            ))
+        })
     })
-    .await;
-    if closed.is_err() {
-        tracing::warn!("consumer close panicked");
-    }
+    .await?;
     tracing::info!("consumer closed");
     Ok(())
 }
@@ -291,9 +299,8 @@ async fn consume_until_stopped(
 /// it: a kill after that is the orchestrator's, not a message's.
 async fn record_stopping(crash_guard: Arc<CrashGuard>, shutdown: CancellationToken) {
     shutdown.cancelled().await;
-    let recorded = tokio::task::spawn_blocking(move || crash_guard.stopping()).await;
-    if !matches!(recorded, Ok(Ok(()))) {
-        tracing::warn!("cannot record the shutdown with the crash guard");
+    if let Err(e) = blocking::run("crash guard", move || crash_guard.stopping()).await {
+        tracing::warn!(error = %e, "cannot record the shutdown with the crash guard");
     }
 }
 
@@ -334,32 +341,6 @@ async fn tick(
                 })
                 .collect(),
         );
-    }
-}
-
-/// Runs `op` until it succeeds, backing off on transient failures.
-async fn retry_transient<F, Fut>(
-    what: &str,
-    ingest: &crate::config::IngestArgs,
-    stop: &CancellationToken,
-    mut op: F,
-) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let mut backoff = Backoff::new(ingest.retry_initial, ingest.retry_max);
-    loop {
-        match op().await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.class() == Class::Transient => {
-                metrics::counter!(crate::metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
-                    .increment(1);
-                tracing::warn!(error = %e, what, "transient failure; retrying");
-                backoff.wait(stop).await?;
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 

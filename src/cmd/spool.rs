@@ -8,6 +8,7 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::blocking;
 use crate::error::{Error, Result};
 use crate::otlp::spansink::v1::{DeadLetter, Header};
 use crate::poison::spool::{EntryInfo, Spool};
@@ -61,7 +62,7 @@ async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
     args.db.validate()?;
     args.kafka.check(crate::kafka::Client::DeadLetters)?;
     let spool = Arc::new(
-        blocking(move || {
+        blocking::run("spool inspection", move || {
             Spool::open(crate::poison::spool::SpoolConfig {
                 dir,
                 max_entries: usize::MAX,
@@ -95,21 +96,22 @@ async fn drain(dir: PathBuf, args: &DrainArgs) -> Result<String> {
 pub async fn run(args: &SpoolArgs) -> Result<()> {
     let dir = args.spool_dir.clone();
     let text = match &args.command {
-        SpoolCommand::List => blocking(move || format_list(&Spool::open_read_only(&dir)?)).await?,
+        SpoolCommand::List => {
+            blocking::run("spool inspection", move || {
+                format_list(&Spool::open_read_only(&dir)?)
+            })
+            .await?
+        }
         SpoolCommand::Show { id } => {
             let id = id.clone();
-            blocking(move || format_show(&Spool::open_read_only(&dir)?, &id)).await?
+            blocking::run("spool inspection", move || {
+                format_show(&Spool::open_read_only(&dir)?, &id)
+            })
+            .await?
         }
         SpoolCommand::Drain(drain_args) => drain(dir, drain_args).await?,
     };
     print(&text)
-}
-
-/// The filesystem blocks: off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::io("spool inspection", io::Error::other(e.to_string())))?
 }
 
 fn print(text: &str) -> Result<()> {

@@ -180,7 +180,7 @@ pub async fn wait_for_topics(
 async fn missing_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<Vec<String>> {
     let consumer = consumer.clone();
     let topics = topics.to_vec();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run("topic metadata", move || {
         let mut missing = Vec::new();
         for topic in &topics {
             match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
@@ -212,7 +212,6 @@ async fn missing_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<V
         Ok(missing)
     })
     .await
-    .map_err(|e| Error::Panic(e.to_string()))?
 }
 
 #[cfg(test)]

@@ -167,7 +167,8 @@ impl Lag {
                 _ = tick.tick() => {}
             }
             let (lag, consumer) = (Arc::clone(&self), Arc::clone(&consumer));
-            let asked = tokio::task::spawn_blocking(move || {
+            // Lag is a gauge: a failed ask waits for the next tick.
+            let asked = crate::blocking::run("watermark refresh", move || {
                 for (topic, partition) in lag.partitions() {
                     if let Ok((_, high)) =
                         consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
@@ -175,6 +176,7 @@ impl Lag {
                         lag.set_end(&topic, partition, high);
                     }
                 }
+                Ok(())
             });
             tokio::select! {
                 _ = stop.cancelled() => return,

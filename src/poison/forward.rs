@@ -42,13 +42,15 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::blocking;
+use crate::error::{Class, Error, Result};
 use crate::metric;
 use crate::otlp::spansink::v1::DeadLetter;
 use crate::poison::dlq::{self, DlqPublisher, PendingDelivery};
 use crate::poison::isolate::ledger_entry;
 use crate::poison::spool::{EntryInfo, Spool};
 use crate::retry::Backoff;
+use crate::shutdown::Stopper;
 
 const SETTLED: &str = include_str!("../../sql/dead_letters_settled.sql");
 const ADOPT: &str = include_str!("../../sql/dead_letters_adopt.sql");
@@ -169,18 +171,29 @@ impl Forwarder {
         wake: Arc<Notify>,
         stop: CancellationToken,
         final_pass: Duration,
+        stopper: Stopper,
     ) {
         let mut backoff = new_backoff();
         while !stop.is_cancelled() {
-            if self.logged_pass(&stop).await {
-                backoff = new_backoff();
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(TICK) => {}
+            match self.logged_pass(&stop).await {
+                Ok(true) => {
+                    backoff = new_backoff();
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(TICK) => {}
+                    }
                 }
-            } else if backoff.wait(&stop).await.is_err() {
-                break;
+                Ok(false) => {
+                    if backoff.wait(&stop).await.is_err() {
+                        break;
+                    }
+                }
+                // A bug (a panic in spool code): the process stops; entries stay spooled.
+                Err(e) => {
+                    stopper.fail(e);
+                    break;
+                }
             }
         }
         let last = tokio::time::timeout(final_pass, self.forward_once()).await;
@@ -196,8 +209,9 @@ impl Forwarder {
         }
     }
 
-    /// One pass for `run`; returns whether it went cleanly.
-    async fn logged_pass(&self, stop: &CancellationToken) -> bool {
+    /// One pass for `run`; returns whether it went cleanly, or the fatal
+    /// error that must stop the process.
+    async fn logged_pass(&self, stop: &CancellationToken) -> Result<bool> {
         match self.pass(stop).await {
             Ok(report) => {
                 if report.published > 0 {
@@ -215,13 +229,14 @@ impl Forwarder {
                         "dead letters could not be published; retrying with backoff"
                     );
                 }
-                report.failed == 0
+                Ok(report.failed == 0)
             }
+            Err(e) if e.class() == Class::Fatal => Err(e),
             Err(e) => {
                 metrics::counter!(metric::DLQ_PUBLISH_FAILURES, "cause" => pass_failure_cause(&e))
                     .increment(1);
                 tracing::warn!(error = %e, "dead-letter pass failed; retrying with backoff");
-                false
+                Ok(false)
             }
         }
     }
@@ -483,12 +498,7 @@ impl Forwarder {
         F: FnOnce(&Spool) -> Result<T> + Send + 'static,
     {
         let spool = Arc::clone(&self.spool);
-        tokio::task::spawn_blocking(move || call(&spool))
-            .await
-            .map_err(|e| {
-                // A bug, not the entry's fault: retried like a disk error, never dropped.
-                Error::io("spool call", io::Error::other(e.to_string()))
-            })?
+        blocking::run("spool", move || call(&spool)).await
     }
 }
 

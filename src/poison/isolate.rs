@@ -18,6 +18,7 @@ use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Received;
+use crate::blocking;
 use crate::error::{Class, Error, Reason};
 use crate::health::Health;
 use crate::metric;
@@ -30,7 +31,7 @@ use crate::pg::write::{
 use crate::poison::breaker::{Breakers, Probe};
 use crate::poison::record::{dead_letter_id, truncate_error};
 use crate::poison::spool::Spool;
-use crate::retry::Backoff;
+use crate::retry::{self, Policy};
 
 /// What a partition worker lends to one batch's isolation.
 pub struct Ctx<'a> {
@@ -43,8 +44,7 @@ pub struct Ctx<'a> {
     pub breakers: &'a Breakers,
     /// The batch is the half-open breaker's probe.
     pub probe: Option<&'a Probe>,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
+    pub retry: Policy,
     /// The sessions' `statement_timeout`; zero when there is none.
     pub statement_timeout: Duration,
 }
@@ -72,7 +72,7 @@ pub enum Outcome {
 }
 
 /// What became of one range's transaction, retried while failures are transient.
-enum RangeResult {
+enum RangeOutcome {
     Committed(WriteStats, bool),
     Poison(Error),
     /// A statement outlasted `statement_timeout`.
@@ -90,25 +90,16 @@ pub async fn commit(
     messages: &[Received],
     decoded: &[Result<DecodedTraces, Error>],
 ) -> Outcome {
-    let mut dead: Vec<(usize, Reason)> = Vec::new();
-    // The ledger rows of the dead letters, by message: a range's transaction
-    // records those of its own messages.
-    let mut ledger: Vec<Option<LedgerEntry>> = vec![None; messages.len()];
+    let mut b = Bisection::new(messages.len());
     // Known poison (decode and validation) is spooled first, before any
     // transaction can move the offset past it.
     for (i, d) in decoded.iter().enumerate() {
         if let Err(e) = d {
-            match spool(ctx, &messages[i], e, Attempts::once()).await {
-                Ok(entry) => ledger[i] = Some(entry),
-                Err(stop) => return stop,
+            if let Err(stop) = b.dead_letter(ctx, messages, i, e, Attempts::once()).await {
+                return stop;
             }
-            dead.push((i, e.reason().unwrap_or(Reason::Panic)));
         }
     }
-    let mut attempts: Vec<Option<Attempts>> = vec![None; messages.len()];
-    let mut slow_tries: Vec<u32> = vec![0; messages.len()];
-    let mut stats = WriteStats::default();
-    let mut unconfirmed = false;
     // Ranges in offset order: left halves before right halves.
     let mut pending = vec![(0usize, messages.len())];
     while let Some((lo, hi)) = pending.pop() {
@@ -116,98 +107,39 @@ pub async fn commit(
             return Outcome::Stopped;
         }
         let rows: Vec<&DecodedTraces> = (lo..hi)
-            .filter(|i| ledger[*i].is_none())
+            .filter(|i| b.ledger[*i].is_none())
             .filter_map(|i| decoded[i].as_ref().ok())
             .collect();
-        let dead_letters: Vec<LedgerEntry> = ledger[lo..hi].iter().flatten().cloned().collect();
+        let dead_letters: Vec<LedgerEntry> = b.ledger[lo..hi].iter().flatten().cloned().collect();
         let next_offset = messages[hi - 1].offset + 1;
-        match write_range(ctx, *expected, &rows, &dead_letters, next_offset).await {
-            RangeResult::Committed(s, lost_ack) => {
+        let next = match write_range(ctx, *expected, &rows, &dead_letters, next_offset).await {
+            RangeOutcome::Committed(s, lost_ack) => {
                 *expected = Some(next_offset);
-                add(&mut stats, s);
-                unconfirmed |= lost_ack;
+                add(&mut b.stats, s);
+                b.unconfirmed |= lost_ack;
+                Ok(())
             }
-            RangeResult::Poison(err) => {
-                metrics::counter!(metric::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "poison")
-                    .increment(1);
-                let good: Vec<usize> = (lo..hi).filter(|i| ledger[*i].is_none()).collect();
-                for i in &good {
-                    attempts[*i] = Some(Attempts::again(attempts[*i]));
-                }
-                match good.as_slice() {
-                    [] => {
-                        // Only already-spooled poison left and still refused: the
-                        // offset and ledger transaction cannot be the message's fault.
-                        return Outcome::Fatal(err);
-                    }
-                    [only] => {
-                        if let Some(held_back) = crate::logcap::allow("isolated a poison message") {
-                            tracing::warn!(offset = messages[*only].offset, error = %err, held_back, "isolated a poison message");
-                        }
-                        let tried = attempts[*only].unwrap_or_else(Attempts::once);
-                        match spool(ctx, &messages[*only], &err, tried).await {
-                            Ok(entry) => ledger[*only] = Some(entry),
-                            Err(stop) => return stop,
-                        }
-                        dead.push((*only, err.reason().unwrap_or(Reason::Panic)));
-                        // The same range again, now without it: its offset moves on.
-                        pending.push((lo, hi));
-                    }
-                    _ => split(&good, lo, hi, &mut pending),
-                }
+            RangeOutcome::Poison(err) => {
+                b.refused(ctx, messages, (lo, hi), err, &mut pending).await
             }
-            // Too slow, not poison: smaller pieces finish sooner. Only a message
-            // that outlasts the timeout alone, again and again, is dead-lettered.
-            RangeResult::TooSlow(err) => {
-                let good: Vec<usize> = (lo..hi).filter(|i| ledger[*i].is_none()).collect();
-                match good.as_slice() {
-                    [only] => {
-                        slow_tries[*only] += 1;
-                        if slow_tries[*only] >= MAX_SLOW_TRIES {
-                            let message = &messages[*only];
-                            let too_slow = Error::input(
-                                Reason::StatementTimeout,
-                                format!(
-                                    "writing this message alone outlasted the statement timeout ({}) {} times: {} bytes ({err})",
-                                    humantime::format_duration(ctx.statement_timeout),
-                                    slow_tries[*only],
-                                    message.payload.len()
-                                ),
-                            );
-                            let tried = Attempts {
-                                count: slow_tries[*only],
-                                ..attempts[*only].unwrap_or_else(Attempts::once)
-                            };
-                            match spool(ctx, message, &too_slow, tried).await {
-                                Ok(entry) => ledger[*only] = Some(entry),
-                                Err(stop) => return stop,
-                            }
-                            dead.push((*only, Reason::StatementTimeout));
-                        }
-                        pending.push((lo, hi));
-                    }
-                    // The offset move alone was slow: the database is, not the data.
-                    [] => pending.push((lo, hi)),
-                    _ => {
-                        metrics::counter!(metric::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "too_slow")
-                            .increment(1);
-                        tracing::warn!(messages = good.len(), error = %err, "batch outlasted the statement timeout: splitting it");
-                        split(&good, lo, hi, &mut pending);
-                    }
-                }
+            RangeOutcome::TooSlow(err) => {
+                b.too_slow(ctx, messages, (lo, hi), err, &mut pending).await
             }
             // Dead letters spooled for this batch and not committed stay in the
             // spool: the forwarder publishes only what the ledger holds.
-            RangeResult::Fenced(stored) => return Outcome::Fenced { stored },
-            RangeResult::Stopped => return Outcome::Stopped,
-            RangeResult::Fatal(e) => return Outcome::Fatal(e),
+            RangeOutcome::Fenced(stored) => Err(Outcome::Fenced { stored }),
+            RangeOutcome::Stopped => Err(Outcome::Stopped),
+            RangeOutcome::Fatal(e) => Err(Outcome::Fatal(e)),
+        };
+        if let Err(outcome) = next {
+            return outcome;
         }
     }
-    dead.sort_unstable_by_key(|(i, _)| *i);
+    b.dead.sort_unstable_by_key(|(i, _)| *i);
     Outcome::Done {
-        stats,
-        dead,
-        unconfirmed,
+        stats: b.stats,
+        dead: b.dead,
+        unconfirmed: b.unconfirmed,
     }
 }
 
@@ -215,8 +147,133 @@ pub async fn commit(
 /// is dead-lettered as `statement_timeout`.
 pub const MAX_SLOW_TRIES: u32 = 3;
 
+/// What one batch's isolation has learnt so far, by message index.
+struct Bisection {
+    /// The dead-lettered messages, with their reason.
+    dead: Vec<(usize, Reason)>,
+    /// The ledger rows of the dead letters: a range's transaction records
+    /// those of its own messages.
+    ledger: Vec<Option<LedgerEntry>>,
+    attempts: Vec<Option<Attempts>>,
+    slow_tries: Vec<u32>,
+    stats: WriteStats,
+    unconfirmed: bool,
+}
+
+type Step = std::result::Result<(), Outcome>;
+
+impl Bisection {
+    fn new(n: usize) -> Self {
+        Bisection {
+            dead: Vec::new(),
+            ledger: vec![None; n],
+            attempts: vec![None; n],
+            slow_tries: vec![0; n],
+            stats: WriteStats::default(),
+            unconfirmed: false,
+        }
+    }
+
+    /// The messages of `lo..hi` not yet dead-lettered.
+    fn undecided(&self, (lo, hi): (usize, usize)) -> Vec<usize> {
+        (lo..hi).filter(|i| self.ledger[*i].is_none()).collect()
+    }
+
+    async fn dead_letter(
+        &mut self,
+        ctx: &Ctx<'_>,
+        messages: &[Received],
+        i: usize,
+        err: &Error,
+        tried: Attempts,
+    ) -> Step {
+        self.ledger[i] = Some(spool(ctx, &messages[i], err, tried).await?);
+        self.dead.push((i, err.reason().unwrap_or(Reason::Panic)));
+        Ok(())
+    }
+
+    /// PostgreSQL refused the range for its data: halve it until the message
+    /// at fault stands alone, then dead-letter it and write the rest again.
+    async fn refused(
+        &mut self,
+        ctx: &Ctx<'_>,
+        messages: &[Received],
+        range: (usize, usize),
+        err: Error,
+        pending: &mut Vec<(usize, usize)>,
+    ) -> Step {
+        metrics::counter!(metric::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "poison")
+            .increment(1);
+        let good = self.undecided(range);
+        for i in &good {
+            self.attempts[*i] = Some(Attempts::again(self.attempts[*i]));
+        }
+        match good.as_slice() {
+            // Only already-spooled poison left and still refused: the offset and
+            // ledger transaction cannot be the message's fault.
+            [] => return Err(Outcome::Fatal(err)),
+            [only] => {
+                if let Some(held_back) = crate::logcap::allow("isolated a poison message") {
+                    tracing::warn!(offset = messages[*only].offset, error = %err, held_back, "isolated a poison message");
+                }
+                let tried = self.attempts[*only].unwrap_or_else(Attempts::once);
+                self.dead_letter(ctx, messages, *only, &err, tried).await?;
+                // The same range again, now without it: its offset moves on.
+                pending.push(range);
+            }
+            _ => split(&good, range, pending),
+        }
+        Ok(())
+    }
+
+    /// Too slow, not poison: smaller pieces finish sooner. Only a message that
+    /// outlasts the timeout alone, again and again, is dead-lettered.
+    async fn too_slow(
+        &mut self,
+        ctx: &Ctx<'_>,
+        messages: &[Received],
+        range: (usize, usize),
+        err: Error,
+        pending: &mut Vec<(usize, usize)>,
+    ) -> Step {
+        let good = self.undecided(range);
+        match good.as_slice() {
+            [only] => {
+                self.slow_tries[*only] += 1;
+                let tries = self.slow_tries[*only];
+                if tries >= MAX_SLOW_TRIES {
+                    let too_slow = Error::input(
+                        Reason::StatementTimeout,
+                        format!(
+                            "writing this message alone outlasted the statement timeout ({}) {tries} times: {} bytes ({err})",
+                            humantime::format_duration(ctx.statement_timeout),
+                            messages[*only].payload.len()
+                        ),
+                    );
+                    let tried = Attempts {
+                        count: tries,
+                        ..self.attempts[*only].unwrap_or_else(Attempts::once)
+                    };
+                    self.dead_letter(ctx, messages, *only, &too_slow, tried)
+                        .await?;
+                }
+                pending.push(range);
+            }
+            // The offset move alone was slow: the database is, not the data.
+            [] => pending.push(range),
+            _ => {
+                metrics::counter!(metric::BATCH_SPLITS, "topic" => ctx.key.topic.to_string(), "cause" => "too_slow")
+                    .increment(1);
+                tracing::warn!(messages = good.len(), error = %err, "batch outlasted the statement timeout: splitting it");
+                split(&good, range, pending);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Splits the range's undecided messages in two halves, left first.
-fn split(good: &[usize], lo: usize, hi: usize, pending: &mut Vec<(usize, usize)>) {
+fn split(good: &[usize], (lo, hi): (usize, usize), pending: &mut Vec<(usize, usize)>) {
     let mid = good[good.len() / 2];
     pending.push((mid, hi));
     pending.push((lo, mid));
@@ -230,15 +287,30 @@ fn add(total: &mut WriteStats, s: WriteStats) {
     total.traces_touched += s.traces_touched;
 }
 
+/// Writes one range in one transaction, retried while failures are transient.
 async fn write_range(
     ctx: &Ctx<'_>,
     expected: Option<i64>,
     rows: &[&DecodedTraces],
     dead_letters: &[LedgerEntry],
     next_offset: i64,
-) -> RangeResult {
-    let mut backoff = Backoff::new(ctx.retry_initial, ctx.retry_max);
-    loop {
+) -> RangeOutcome {
+    let written = retry::until_ok("writing a batch", ctx.stop, ctx.retry, |tries| async move {
+        if tries > 0 {
+            // The failed try may have committed all the same, its
+            // acknowledgement lost, or another writer may have moved on.
+            match ctx
+                .writer
+                .resolve_after_failure(&ctx.key, expected, next_offset)
+                .await
+            {
+                Ok(AfterFailure::AlreadyCommitted) => {
+                    return Ok(RangeOutcome::Committed(WriteStats::default(), true))
+                }
+                Ok(AfterFailure::Fenced { stored }) => return Ok(RangeOutcome::Fenced(stored)),
+                Ok(AfterFailure::NotCommitted) | Err(_) => {}
+            }
+        }
         let batch = WriteBatch {
             key: ctx.key,
             expected,
@@ -252,51 +324,48 @@ async fn write_range(
             },
         };
         let started = Instant::now();
-        let result = AssertUnwindSafe(ctx.writer.write(&batch))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                metrics::counter!(metric::PANICS).increment(1);
-                Err(Error::Panic(crate::error::panic_message(&panic)))
-            });
-        let err = match result {
-            Ok(WriteOutcome::Committed(stats)) => return RangeResult::Committed(stats, false),
-            // An earlier attempt of this very range committed; its acknowledgement was lost.
+        match guarded_write(ctx.writer, &batch).await {
+            Ok(WriteOutcome::Committed(stats)) => Ok(RangeOutcome::Committed(stats, false)),
+            // An earlier try of this very range committed; its acknowledgement was lost.
             Ok(WriteOutcome::Fenced { stored }) if stored == Some(next_offset) => {
-                return RangeResult::Committed(WriteStats::default(), true)
+                Ok(RangeOutcome::Committed(WriteStats::default(), true))
             }
-            Ok(WriteOutcome::Fenced { stored }) => return RangeResult::Fenced(stored),
-            Err(e) => e,
-        };
-        if timed_out(&err, started.elapsed(), ctx.statement_timeout) {
-            return RangeResult::TooSlow(err);
-        }
-        match err.class() {
-            Class::Poison => return RangeResult::Poison(err),
-            Class::Fatal => return RangeResult::Fatal(err),
-            Class::Transient => {
-                metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => err.transient_kind())
-                    .increment(1);
-                ctx.health
-                    .set_pg_down(err.transient_kind().starts_with("pg_"));
-                tracing::warn!(error = %err, "transient failure; backing off and retrying");
-                if backoff.wait(ctx.stop).await.is_err() {
-                    return RangeResult::Stopped;
+            Ok(WriteOutcome::Fenced { stored }) => Ok(RangeOutcome::Fenced(stored)),
+            Err(e) if timed_out(&e, started.elapsed(), ctx.statement_timeout) => {
+                Ok(RangeOutcome::TooSlow(e))
+            }
+            Err(e) => {
+                if e.class() == Class::Transient {
+                    ctx.health
+                        .set_pg_down(e.transient_kind().starts_with("pg_"));
                 }
-                match ctx
-                    .writer
-                    .resolve_after_failure(&ctx.key, expected, next_offset)
-                    .await
-                {
-                    Ok(AfterFailure::AlreadyCommitted) => {
-                        return RangeResult::Committed(WriteStats::default(), true)
-                    }
-                    Ok(AfterFailure::Fenced { stored }) => return RangeResult::Fenced(stored),
-                    Ok(AfterFailure::NotCommitted) | Err(_) => {}
-                }
+                Err(e)
             }
         }
+    })
+    .await;
+    match written {
+        Ok(outcome) => outcome,
+        Err(Error::Shutdown) => RangeOutcome::Stopped,
+        Err(e) if e.class() == Class::Poison => RangeOutcome::Poison(e),
+        Err(e) => RangeOutcome::Fatal(e),
     }
+}
+
+/// A panic while writing is caught here, with the range: it is one of the
+/// range's messages that made the code panic, so it is poison, isolated like
+/// any other.
+async fn guarded_write(
+    writer: &Writer,
+    batch: &WriteBatch<'_>,
+) -> crate::error::Result<WriteOutcome> {
+    AssertUnwindSafe(writer.write(batch))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            metrics::counter!(metric::PANICS).increment(1);
+            Err(Error::Panic(crate::error::panic_message(&panic)))
+        })
 }
 
 /// Whether a failure is the statement timeout: SQLSTATE 57014 after at least
@@ -324,36 +393,30 @@ pub async fn spool(
         return Err(Outcome::Halted);
     }
     let dead_letter = dead_letter(ctx, message, err, attempts);
-    let mut backoff = Backoff::new(ctx.retry_initial, ctx.retry_max);
-    loop {
-        let spool = ctx.spool.clone();
-        let dl = dead_letter.clone();
-        let put = tokio::task::spawn_blocking(move || spool.put(&dl)).await;
-        match put {
-            Ok(Ok(_)) => {
-                let reason = err.reason().unwrap_or(Reason::Panic);
-                metrics::counter!(metric::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
-                    "stage" => reason.stage(), "reason" => reason.as_str())
-                .increment(1);
-                // Every dead letter is counted and kept; the log samples them.
-                if let Some(held_back) = crate::logcap::allow("dead-lettered") {
-                    tracing::warn!(offset = message.offset, reason = %reason, error = %err, id = %dead_letter.id, held_back, "dead-lettered");
-                }
-                return Ok(ledger_entry(&dead_letter));
-            }
-            Ok(Err(e)) => {
-                metrics::counter!(metric::TRANSIENT_RETRIES, "kind" => e.transient_kind())
-                    .increment(1);
-                tracing::error!(error = %e, "cannot write to the spool; retrying");
-            }
-            Err(join) => {
-                tracing::error!(error = %join, "spool write panicked; retrying");
-            }
-        }
-        if backoff.wait(ctx.stop).await.is_err() {
-            return Err(Outcome::Stopped);
-        }
+    let put = retry::until_ok(
+        "writing a dead letter to the spool",
+        ctx.stop,
+        ctx.retry,
+        |_| {
+            let (spool, dl) = (Arc::clone(ctx.spool), dead_letter.clone());
+            blocking::run("spool write", move || spool.put(&dl))
+        },
+    )
+    .await;
+    match put {
+        Ok(_) => {}
+        Err(Error::Shutdown) => return Err(Outcome::Stopped),
+        Err(e) => return Err(Outcome::Fatal(e)),
     }
+    let reason = err.reason().unwrap_or(Reason::Panic);
+    metrics::counter!(metric::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
+        "stage" => reason.stage(), "reason" => reason.as_str())
+    .increment(1);
+    // Every dead letter is counted and kept; the log samples them.
+    if let Some(held_back) = crate::logcap::allow("dead-lettered") {
+        tracing::warn!(offset = message.offset, reason = %reason, error = %err, id = %dead_letter.id, held_back, "dead-lettered");
+    }
+    Ok(ledger_entry(&dead_letter))
 }
 
 /// The ledger row of a dead letter. PostgreSQL text refuses NUL, which an

@@ -19,9 +19,10 @@ pub async fn read_topic(
 ) -> Result<Vec<DeadLetter>> {
     let kafka = kafka.clone();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_blocking(&kafka, &topic, timeout))
-        .await
-        .map_err(|e| Error::Panic(e.to_string()))?
+    crate::blocking::run("reading the DLQ topic", move || {
+        read_blocking(&kafka, &topic, timeout)
+    })
+    .await
 }
 
 fn read_blocking(kafka: &Settings, topic: &str, timeout: Duration) -> Result<Vec<DeadLetter>> {
