@@ -5,8 +5,6 @@
 //! [`Class::Fatal`] (the instance cannot run as configured; exit). The README's
 //! classification table is this file in prose: change both together.
 
-use std::fmt;
-
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio_postgres::error::SqlState;
 
@@ -28,7 +26,19 @@ impl Class {
 }
 
 /// Why a message is poison: a stable, bounded label for metrics, logs and DLQ headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Reason {
     /// Not a protobuf message, or one cut short.
     BadProtobuf,
@@ -78,36 +88,19 @@ pub enum Reason {
 
 impl Reason {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::BadProtobuf => "bad_protobuf",
-            Reason::InvalidUtf8 => "invalid_utf8",
-            Reason::BadJson => "bad_json",
-            Reason::InvalidId => "invalid_id",
-            Reason::InvalidTenant => "invalid_tenant",
-            Reason::MissingTenant => "missing_tenant",
-            Reason::MessageTooLarge => "message_too_large",
-            Reason::ValueTooDeep => "value_too_deep",
-            Reason::TooManyAttributes => "too_many_attributes",
-            Reason::TooManySpans => "too_many_spans",
-            Reason::TooManyEvents => "too_many_events",
-            Reason::TooManyLinks => "too_many_links",
-            Reason::TimestampOutOfWindow => "timestamp_out_of_window",
-            Reason::PgDataException => "pg_data_exception",
-            Reason::PgCardinalityViolation => "pg_cardinality_violation",
-            Reason::PgIntegrityViolation => "pg_integrity_violation",
-            Reason::PgProgramLimit => "pg_program_limit",
-            Reason::Panic => "panic",
-            Reason::CrashLoop => "crash_loop",
-            Reason::StatementTimeout => "statement_timeout",
-            Reason::BadDeadLetter => "bad_dead_letter",
-        }
+        self.into()
+    }
+
+    /// Every reason, for metrics that start at zero.
+    pub fn all() -> &'static [Reason] {
+        <Reason as strum::VariantArray>::VARIANTS
     }
 
     /// Where in the pipeline this reason is found: the DLQ `stage` header.
-    pub fn stage(self) -> &'static str {
+    pub fn stage(self) -> Stage {
         match self {
             Reason::BadProtobuf | Reason::InvalidUtf8 | Reason::BadJson | Reason::BadDeadLetter => {
-                "decode"
+                Stage::Decode
             }
             Reason::InvalidId
             | Reason::InvalidTenant
@@ -118,45 +111,45 @@ impl Reason {
             | Reason::TooManySpans
             | Reason::TooManyEvents
             | Reason::TooManyLinks
-            | Reason::TimestampOutOfWindow => "validate",
+            | Reason::TimestampOutOfWindow => Stage::Validate,
             Reason::PgDataException
             | Reason::PgCardinalityViolation
             | Reason::PgIntegrityViolation
             | Reason::PgProgramLimit
-            | Reason::StatementTimeout => "write",
-            Reason::Panic | Reason::CrashLoop => "crash",
+            | Reason::StatementTimeout => Stage::Write,
+            Reason::Panic | Reason::CrashLoop => Stage::Crash,
         }
     }
-
-    /// Every reason, for metrics that start at zero.
-    pub const ALL: [Reason; 21] = [
-        Reason::BadProtobuf,
-        Reason::InvalidUtf8,
-        Reason::BadJson,
-        Reason::InvalidId,
-        Reason::InvalidTenant,
-        Reason::MissingTenant,
-        Reason::MessageTooLarge,
-        Reason::ValueTooDeep,
-        Reason::TooManyAttributes,
-        Reason::TooManySpans,
-        Reason::TooManyEvents,
-        Reason::TooManyLinks,
-        Reason::TimestampOutOfWindow,
-        Reason::PgDataException,
-        Reason::PgCardinalityViolation,
-        Reason::PgIntegrityViolation,
-        Reason::PgProgramLimit,
-        Reason::Panic,
-        Reason::CrashLoop,
-        Reason::StatementTimeout,
-        Reason::BadDeadLetter,
-    ];
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Where a message was refused.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Stage {
+    /// The value's bytes could not be read.
+    Decode,
+    /// Read, but refused by a rule on its content.
+    Validate,
+    /// PostgreSQL refused it.
+    Write,
+    /// The code panicked or the process died on it.
+    Crash,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -419,9 +412,10 @@ mod tests {
 
     #[test]
     fn every_reason_has_a_stage_and_label() {
-        for r in Reason::ALL {
+        for &r in Reason::all() {
             assert!(!r.as_str().is_empty());
-            assert!(["decode", "validate", "write", "crash"].contains(&r.stage()));
+            assert_eq!(r.as_str().parse::<Reason>().ok(), Some(r));
+            assert_eq!(r.stage().as_str().parse::<Stage>().ok(), Some(r.stage()));
             assert_eq!(Error::input(r, "x").class(), Class::Poison);
         }
     }

@@ -367,8 +367,8 @@ pub fn init_topic(topic: &str) {
     for cause in ["poison", "too_slow"] {
         metrics::counter!(BATCH_SPLITS, "topic" => t.clone(), "cause" => cause).increment(0);
     }
-    for reason in crate::error::Reason::ALL {
-        metrics::counter!(DEAD_LETTERS, "topic" => t.clone(), "stage" => reason.stage(), "reason" => reason.as_str())
+    for &reason in crate::error::Reason::all() {
+        metrics::counter!(DEAD_LETTERS, "topic" => t.clone(), "stage" => reason.stage().as_str(), "reason" => reason.as_str())
             .increment(0);
     }
     metrics::gauge!(BREAKER_STATE, "topic" => t.clone()).set(0.0);

@@ -410,7 +410,7 @@ pub async fn spool(
     }
     let reason = err.reason().unwrap_or(Reason::Panic);
     metrics::counter!(metric::DEAD_LETTERS, "topic" => ctx.key.topic.to_string(),
-        "stage" => reason.stage(), "reason" => reason.as_str())
+        "stage" => reason.stage().as_str(), "reason" => reason.as_str())
     .increment(1);
     // Every dead letter is counted and kept; the log samples them.
     if let Some(held_back) = crate::logcap::allow("dead-lettered") {
