@@ -3,7 +3,8 @@
 //! Each failure is [`Class::Transient`] (pause, back off, retry; never dead-letter),
 //! [`Class::Poison`] (this message can never be written; isolate it) or
 //! [`Class::Fatal`] (the instance cannot run as configured; exit). The README's
-//! classification table is this file in prose: change both together.
+//! classification table is this file in prose; `tests/classification.rs`
+//! fails when the two disagree.
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio_postgres::error::SqlState;
@@ -163,10 +164,10 @@ pub enum Error {
     #[error("{reason}: {detail}")]
     Input { reason: Reason, detail: String },
 
-    #[error("postgres: {}", pg_detail(.0))]
+    #[error("postgres{}: {}", pg_setting(.0), pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
 
-    #[error("postgres pool: {0}")]
+    #[error("postgres{}", pool_detail(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
 
     #[error("kafka: {0}")]
@@ -301,7 +302,27 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// PostgreSQL's message (which may quote a value), its detail and SQLSTATE.
+/// The flag that decides where spansink connects, named in every error
+/// about reaching PostgreSQL: a newcomer's first mistakes are made there.
+pub const DATABASE_URL_SETTING: &str = "--database-url (SPANSINK_DATABASE_URL)";
+
+/// Names the connection setting when the failure is about reaching the
+/// server (no SQLSTATE, or classes 08, 28, 3D), not about a statement.
+fn pg_setting(e: &tokio_postgres::Error) -> String {
+    let about_connecting = match e.code() {
+        None => true,
+        Some(c) => matches!(&c.code()[..2], "08" | "28" | "3D"),
+    };
+    if about_connecting {
+        format!(" at {DATABASE_URL_SETTING}")
+    } else {
+        String::new()
+    }
+}
+
+/// PostgreSQL's message (which may quote a value), its detail and SQLSTATE;
+/// for a failure without a server message, the whole chain of causes (an
+/// `error connecting to server` says nothing without its I/O error).
 fn pg_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
@@ -312,8 +333,35 @@ fn pg_detail(e: &tokio_postgres::Error) -> String {
             }
             format!("{text} (SQLSTATE {})", db.code().code())
         }
-        None => crate::logcap::capped(&e.to_string()),
+        None => crate::logcap::capped(&chain(e)),
     }
+}
+
+fn pool_detail(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(pg) => format!("{}: {}", pg_setting(pg), pg_detail(pg)),
+        PoolError::Timeout(_) => {
+            " pool: no connection free within --pg-pool-timeout (all --pg-pool-size in use, or the server slow to accept)".to_string()
+        }
+        other => format!(" pool: {}", chain(other)),
+    }
+}
+
+/// An error and each of its causes, `: `-separated, leaving out a cause
+/// whose text the error already shows.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// PostgreSQL raises 23514 both for a CHECK constraint and for a row that has no
@@ -327,22 +375,27 @@ pub fn is_missing_partition(e: &tokio_postgres::Error) -> bool {
 }
 
 fn classify_pg(e: &tokio_postgres::Error) -> Class {
-    let Some(code) = e.code() else {
+    match e.code() {
         // No SQLSTATE: the connection broke, or the client was closed.
-        return Class::Transient;
-    };
-    if is_missing_partition(e) {
-        return Class::Transient;
+        None => Class::Transient,
+        Some(_) if is_missing_partition(e) => Class::Transient,
+        Some(code) => classify_sqlstate(code.code()),
     }
-    let s = code.code();
-    match &s[..2] {
+}
+
+/// The class of a PostgreSQL error by its SQLSTATE alone. (A 23514 without a
+/// constraint name is a row with no partition, transient: see
+/// [`is_missing_partition`].) The README's classification table is checked
+/// against this function by a test.
+pub fn classify_sqlstate(code: &str) -> Class {
+    match code.get(..2).unwrap_or_default() {
         // Connection exceptions, resources (disk full, too many connections),
         // serialization failures and deadlocks: the server's trouble, not the data's.
         "08" | "53" => Class::Transient,
-        "40" if s == "40001" || s == "40P01" => Class::Transient,
-        "57" if matches!(s, "57P01" | "57P02" | "57P03" | "57P04" | "57P05") => Class::Transient,
+        "40" if code == "40001" || code == "40P01" => Class::Transient,
+        "57" if matches!(code, "57P01" | "57P02" | "57P03" | "57P04" | "57P05") => Class::Transient,
         // Statement timeout or a cancel by an operator: try again later.
-        "57" if s == "57014" => Class::Transient,
+        "57" if code == "57014" => Class::Transient,
         // Lock not available, object in use.
         "55" => Class::Transient,
         // Data exceptions, cardinality violations, integrity violations and

@@ -10,8 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Default)]
 pub struct Health {
     joined: AtomicBool,
-    topics_missing: AtomicBool,
-    pg_down: AtomicBool,
+    /// The subscribed topics that do not exist yet.
+    topics_missing: Mutex<Vec<String>>,
+    /// Why PostgreSQL cannot be reached, while it cannot.
+    pg_unreachable: Mutex<Option<String>>,
+    /// The Kafka client's last error before the group was joined: what a
+    /// broker that does not answer looks like.
+    kafka_error: Mutex<Option<String>>,
     spool_full: AtomicBool,
     breaker_open: AtomicBool,
     /// Unix seconds of the main loop's last turn.
@@ -31,12 +36,17 @@ impl Health {
         self.joined.store(true, Ordering::Relaxed);
     }
 
-    pub fn set_topics_missing(&self, missing: bool) {
-        self.topics_missing.store(missing, Ordering::Relaxed);
+    pub fn set_topics_missing(&self, missing: Vec<String>) {
+        *lock(&self.topics_missing) = missing;
     }
 
-    pub fn set_pg_down(&self, down: bool) {
-        self.pg_down.store(down, Ordering::Relaxed);
+    /// `Some(why)` while PostgreSQL cannot be reached; `None` once it can.
+    pub fn set_pg_unreachable(&self, why: Option<String>) {
+        *lock(&self.pg_unreachable) = why;
+    }
+
+    pub fn set_kafka_error(&self, error: String) {
+        *lock(&self.kafka_error) = Some(error);
     }
 
     pub fn set_spool_full(&self, full: bool) {
@@ -48,7 +58,7 @@ impl Health {
     }
 
     pub fn set_stuck(&self, stuck: Vec<String>) {
-        *self.stuck.lock().unwrap_or_else(|p| p.into_inner()) = stuck;
+        *lock(&self.stuck) = stuck;
     }
 
     pub fn heartbeat(&self) {
@@ -58,11 +68,15 @@ impl Health {
     /// Why the instance is not ready; empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons: Vec<String> = Vec::new();
-        if self.pg_down.load(Ordering::Relaxed) {
-            reasons.push("postgresql unreachable".to_string());
+        if let Some(why) = lock(&self.pg_unreachable).as_deref() {
+            reasons.push(format!("postgresql unreachable: {why}"));
         }
-        if self.topics_missing.load(Ordering::Relaxed) {
-            reasons.push("waiting for topics to exist".to_string());
+        let missing = lock(&self.topics_missing);
+        if !missing.is_empty() {
+            reasons.push(format!(
+                "waiting for topics to exist (--traces-topic): {}",
+                missing.join(", ")
+            ));
         }
         if self.spool_full.load(Ordering::Relaxed) {
             reasons.push("spool full".to_string());
@@ -70,11 +84,16 @@ impl Health {
         if self.breaker_open.load(Ordering::Relaxed) {
             reasons.push("circuit breaker open".to_string());
         }
-        for stuck in self.stuck.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for stuck in lock(&self.stuck).iter() {
             reasons.push(format!("cannot fetch {stuck}"));
         }
         if !self.joined.load(Ordering::Relaxed) {
-            reasons.push("consumer has not joined its group".to_string());
+            match lock(&self.kafka_error).as_deref() {
+                Some(last) => reasons.push(format!(
+                    "consumer has not joined its group (--brokers, --group-id); last Kafka error: {last}"
+                )),
+                None => reasons.push("consumer has not joined its group".to_string()),
+            }
         }
         reasons
     }
@@ -89,4 +108,8 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -267,7 +267,14 @@ async fn render_metrics(State(s): State<AppState>) -> String {
 async fn refresh_readiness(s: &AppState) -> Vec<String> {
     if let Some(pool) = &s.pool {
         let ping = tokio::time::timeout(READINESS_PING_TIMEOUT, crate::pg::pool::ping(pool)).await;
-        s.health.set_pg_down(!matches!(ping, Ok(Ok(()))));
+        s.health.set_pg_unreachable(match ping {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no answer within {}",
+                humantime::format_duration(READINESS_PING_TIMEOUT)
+            )),
+        });
     }
     let reasons = s.health.not_ready_reasons();
     metrics::gauge!(crate::metric::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });

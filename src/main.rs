@@ -30,8 +30,12 @@ fn main() -> ExitCode {
         // Asked to stop while waiting (for PostgreSQL, a topic): a clean exit.
         Ok(()) | Err(Error::Shutdown) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, class = e.class().as_str(), "spansink stopped");
-            eprintln!("spansink: {e}");
+            tracing::error!(
+                error = spansink::error::chain(&e),
+                class = e.class().as_str(),
+                "spansink stopped"
+            );
+            eprintln!("spansink: {}", spansink::error::chain(&e));
             // 2 for a configuration the operator must fix; 1 for anything else.
             match e {
                 Error::Config { .. } => ExitCode::from(2),

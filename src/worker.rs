@@ -728,7 +728,7 @@ impl PartitionWorker {
         stats: WriteStats,
         took: Duration,
     ) {
-        self.shared.health.set_pg_down(false);
+        self.shared.health.set_pg_unreachable(None);
         let topic = [("topic", self.topic.clone())];
         metrics::counter!(metric::BATCHES_COMMITTED, &topic).increment(1);
         metrics::counter!(metric::SPANS_WRITTEN, &topic).increment(stats.spans_inserted);

@@ -1,5 +1,8 @@
 //! Start-up behaviour: invalid configuration fails at once and names the
 //! setting; a topic that does not exist yet is waited for, unready, not fatal.
+//! A newcomer's first mistakes (no such database, a wrong password or role, a
+//! port where nothing listens, a broker that does not answer, a topic that
+//! does not exist) each say what is wrong and which setting to look at.
 
 mod common;
 
@@ -82,7 +85,12 @@ async fn a_missing_topic_is_waited_for_unready_then_consumed() {
         || async {
             http_get(&instance.metrics_addr, "/readyz")
                 .await
-                .is_some_and(|(code, body)| code == 503 && body.contains("waiting for topics"))
+                .is_some_and(|(code, body)| {
+                    code == 503
+                        && body.contains("waiting for topics")
+                        && body.contains("late_topic")
+                        && body.contains("--traces-topic")
+                })
         },
     )
     .await;
@@ -119,6 +127,134 @@ async fn a_missing_topic_is_waited_for_unready_then_consumed() {
             .is_some_and(|(code, _)| code == 200)
     })
     .await;
+}
+
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn run_against_database(url: &str) -> (i32, String) {
+    let spool = tempfile::tempdir().expect("spool");
+    run_with(&[
+        &format!("--database-url={url}"),
+        &format!("--brokers=127.0.0.1:{}", closed_port()),
+        "--metrics-addr=127.0.0.1:0",
+        "--admin-addr=off",
+        &format!("--spool-dir={}", spool.path().display()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_exist_stops_the_process_with_postgresql_s_message_and_the_setting(
+) {
+    let db = TestDb::create().await;
+    let missing = format!("{}_missing", db.name);
+    let url = db.url.replace(&db.name, &missing);
+    let (code, stderr) = run_against_database(&url);
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        format!("database \"{missing}\" does not exist"),
+        "SQLSTATE 3D000".to_string(),
+        "--database-url".to_string(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_does_not_exist_stops_the_process_with_postgresql_s_message_and_the_setting() {
+    let db = TestDb::create().await;
+    let role = format!("nobody_{}", std::process::id());
+    // A parameter overrides the user the server URL may name.
+    let url = format!("{}?user={role}", db.url);
+    let (code, stderr) = run_against_database(&url);
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        format!("role \"{role}\" does not exist"),
+        "SQLSTATE 28000".to_string(),
+        "--database-url".to_string(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_stops_the_process_with_the_server_s_message_and_the_setting() {
+    let server = common::pgproxy::password_refusing_server().await;
+    let url = format!("postgres://postgres:wrong@{server}/test");
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_against_database(&url))
+        .await
+        .expect("run");
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        "password authentication failed for user \"postgres\"",
+        "SQLSTATE 28P01",
+        "--database-url",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(
+            !stderr.contains("wrong"),
+            "the password is never printed: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_port_where_nothing_listens_keeps_the_instance_unready_saying_why() {
+    let url = format!("postgres://postgres@127.0.0.1:{}/test", closed_port());
+    let mut instance = Instance::spawn("127.0.0.1:9", &url, "g-refused", &[]);
+    wait_for(
+        "unready, naming the setting and the refusal",
+        Duration::from_secs(30),
+        || async {
+            http_get(&instance.metrics_addr, "/readyz")
+                .await
+                .is_some_and(|(code, body)| {
+                    code == 503
+                        && body.contains("--database-url")
+                        && body.contains("Connection refused")
+                })
+        },
+    )
+    .await;
+    assert!(
+        instance.is_running(),
+        "a database that is down is waited for"
+    );
+    let logs = instance.logs();
+    assert!(
+        logs.contains("--database-url") && logs.contains("Connection refused"),
+        "{logs}"
+    );
+    instance.sigterm();
+    let status = instance.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_does_not_answer_keeps_the_instance_unready_saying_why() {
+    let db = TestDb::migrated().await;
+    let port = closed_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut instance = Instance::spawn(&brokers, &db.url, "g-silent", &[]);
+    wait_for(
+        "unready, naming the setting and the broker",
+        Duration::from_secs(30),
+        || async {
+            http_get(&instance.metrics_addr, "/readyz")
+                .await
+                .is_some_and(|(code, body)| {
+                    code == 503 && body.contains("--brokers") && body.contains(&brokers)
+                })
+        },
+    )
+    .await;
+    assert!(instance.is_running(), "a broker that is down is waited for");
+    instance.sigterm();
+    let status = instance.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

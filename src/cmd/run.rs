@@ -45,13 +45,14 @@ pub async fn run(
     args.validate()?;
     let stopper = Stopper::new(shutdown.clone());
     let lag = Arc::new(Lag::new(args.ingest.fetch_stuck_after));
+    let health = Arc::new(Health::new());
     // The Kafka clients first: librdkafka refuses a setting only when a client
     // is created, and that is a configuration error to report at once, before
     // anything waits on the network.
     let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
     let consumer = consume::create(
         &consumer_config(args),
-        Context::new(events, lag.clone(), stopper.clone()),
+        Context::new(events, lag.clone(), health.clone(), stopper.clone()),
     )?;
     let poison = &args.poison;
     let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
@@ -61,7 +62,6 @@ pub async fn run(
         message_timeout: poison.dlq_message_timeout,
     })?);
     let pool = pg::pool::connect(&args.db.settings()).await?;
-    let health = Arc::new(Health::new());
     // Opening the spool locks its directory and reads every entry back,
     // quarantining torn ones.
     let spool = Arc::new(Spool::open(SpoolConfig {
@@ -241,8 +241,9 @@ async fn consume_until_stopped(
     let names: Vec<String> = topics.keys().cloned().collect();
     let waited = consume::wait_for_topics(
         &consumer,
+        &args.kafka.brokers,
         &names,
-        |missing| health.set_topics_missing(missing),
+        &health,
         stopper.token(),
     )
     .await;

@@ -14,6 +14,7 @@ use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Class, Error, Result};
+use crate::health::Health;
 use crate::kafka::rebalance::Context;
 use crate::kafka::Settings;
 use crate::shutdown::Stopper;
@@ -150,25 +151,31 @@ async fn poll(consumer: &Consumer, stopper: &Stopper) {
     }
 }
 
-/// Waits until every topic exists, saying so in the log. A missing topic is not
-/// fatal: the instance stays unready and keeps looking.
+/// Waits until every topic exists, saying so in the log and in readiness. A
+/// missing topic is not fatal, nor are brokers that do not answer: the
+/// instance stays unready and keeps looking.
 pub async fn wait_for_topics(
     consumer: &Arc<Consumer>,
+    brokers: &str,
     topics: &[String],
-    on_missing: impl Fn(bool),
+    health: &Health,
     stop: &CancellationToken,
 ) -> Result<()> {
     let mut attempt: u32 = 0;
     loop {
-        let missing = missing_topics(consumer, topics).await?;
-        if missing.is_empty() {
-            on_missing(false);
+        let found = find_topics(consumer, topics).await?;
+        if let Some(e) = &found.unanswered {
+            if attempt.is_multiple_of(6) {
+                tracing::warn!(error = %e, brokers, "no metadata from the brokers (--brokers); retrying");
+            }
+            health.set_kafka_error(format!("no metadata from {brokers}: {e}"));
+        } else if found.missing.is_empty() {
+            health.set_topics_missing(Vec::new());
             return Ok(());
+        } else if attempt.is_multiple_of(6) {
+            tracing::warn!(topics = ?found.missing, "waiting for topics to exist (--traces-topic); not ready until they do");
         }
-        on_missing(true);
-        if attempt.is_multiple_of(6) {
-            tracing::warn!(topics = ?missing, "waiting for topics to exist; not ready until they do");
-        }
+        health.set_topics_missing(found.missing);
         attempt += 1;
         tokio::select! {
             _ = stop.cancelled() => return Err(Error::Shutdown),
@@ -177,11 +184,23 @@ pub async fn wait_for_topics(
     }
 }
 
-async fn missing_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<Vec<String>> {
+/// What the brokers said about the topics.
+struct Found {
+    /// Topics the brokers say do not exist.
+    missing: Vec<String>,
+    /// Why the brokers did not answer, if they did not: whether the topics
+    /// exist is then unknown.
+    unanswered: Option<Error>,
+}
+
+async fn find_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<Found> {
     let consumer = consumer.clone();
     let topics = topics.to_vec();
     crate::blocking::run("topic metadata", move || {
-        let mut missing = Vec::new();
+        let mut found = Found {
+            missing: Vec::new(),
+            unanswered: None,
+        };
         for topic in &topics {
             match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
                 Ok(md) => {
@@ -189,27 +208,26 @@ async fn missing_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<V
                         t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
                     });
                     if !exists {
-                        missing.push(topic.clone());
+                        found.missing.push(topic.clone());
                     }
                 }
                 Err(e)
                     if e.rdkafka_error_code()
                         == Some(RDKafkaErrorCode::UnknownTopicOrPartition) =>
                 {
-                    missing.push(topic.clone())
+                    found.missing.push(topic.clone())
                 }
                 Err(e) => {
                     let err = Error::Kafka(e);
                     if err.class() == crate::error::Class::Fatal {
                         return Err(err);
                     }
-                    // The broker is unreachable: as good as missing, and retried.
-                    tracing::warn!(error = %err, topic, "metadata request failed");
-                    missing.push(topic.clone());
+                    found.unanswered = Some(err);
+                    break;
                 }
             }
         }
-        Ok(missing)
+        Ok(found)
     })
     .await
 }

@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{Class, Error};
+use crate::health::Health;
 use crate::kafka::lag::Lag;
 use crate::metric;
 use crate::shutdown::Stopper;
@@ -50,14 +51,21 @@ pub enum RebalanceEvent {
 pub struct Context {
     events: Option<UnboundedSender<RebalanceEvent>>,
     lag: Option<Arc<Lag>>,
+    health: Option<Arc<Health>>,
     stopper: Option<Stopper>,
 }
 
 impl Context {
-    pub fn new(events: UnboundedSender<RebalanceEvent>, lag: Arc<Lag>, stopper: Stopper) -> Self {
+    pub fn new(
+        events: UnboundedSender<RebalanceEvent>,
+        lag: Arc<Lag>,
+        health: Arc<Health>,
+        stopper: Stopper,
+    ) -> Self {
         Context {
             events: Some(events),
             lag: Some(lag),
+            health: Some(health),
             stopper: Some(stopper),
         }
     }
@@ -67,6 +75,7 @@ impl Context {
         Context {
             events: None,
             lag: None,
+            health: None,
             stopper: None,
         }
     }
@@ -150,7 +159,11 @@ impl ClientContext for Context {
             tracing::error!(error = %err, reason, "fatal Kafka error");
             self.fail(err);
         } else {
-            // Broker transport errors and the like: librdkafka reconnects by itself.
+            // Broker transport errors and the like: librdkafka reconnects by
+            // itself. Until the group is joined, readiness says why it is not.
+            if let Some(health) = &self.health {
+                health.set_kafka_error(format!("{err}: {reason}"));
+            }
             if let Some(held_back) = crate::logcap::allow("Kafka client error") {
                 tracing::warn!(error = %err, reason, held_back, "Kafka client error");
             }

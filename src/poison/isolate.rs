@@ -336,8 +336,8 @@ async fn write_range(
             }
             Err(e) => {
                 if e.class() == Class::Transient {
-                    ctx.health
-                        .set_pg_down(e.transient_kind().starts_with("pg_"));
+                    let pg = e.transient_kind().starts_with("pg_");
+                    ctx.health.set_pg_unreachable(pg.then(|| e.to_string()));
                 }
                 Err(e)
             }

@@ -253,3 +253,57 @@ pub fn split_url(url: &str) -> Option<(String, String, String)> {
     };
     Some((format!("{scheme}://{user}"), host_port, after.to_string()))
 }
+
+/// A server that speaks just enough of PostgreSQL's wire protocol to refuse a
+/// password, as a server with password authentication does: the local server
+/// trusts every connection, so a wrong password cannot be tried on it.
+/// Returns the address it listens on; it answers every connection alike.
+pub async fn password_refusing_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = refuse_password(&mut socket).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn refuse_password(socket: &mut TcpStream) -> std::io::Result<()> {
+    const SSL_REQUEST: u32 = 80_877_103;
+    loop {
+        let len = socket.read_u32().await?;
+        let code = socket.read_u32().await?;
+        let mut rest = vec![0; (len as usize).saturating_sub(8)];
+        socket.read_exact(&mut rest).await?;
+        if code != SSL_REQUEST {
+            break;
+        }
+        socket.write_all(b"N").await?;
+    }
+    // AuthenticationCleartextPassword, then the client's PasswordMessage.
+    socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+    let _tag = socket.read_u8().await?;
+    let len = socket.read_u32().await?;
+    let mut password = vec![0; (len as usize).saturating_sub(4)];
+    socket.read_exact(&mut password).await?;
+    let mut fields = Vec::new();
+    for (kind, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "28P01"),
+        (b'M', "password authentication failed for user \"postgres\""),
+    ] {
+        fields.push(kind);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&fields);
+    socket.write_all(&message).await?;
+    socket.flush().await
+}
