@@ -6,6 +6,9 @@ use std::fs::{self, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
 use spansink::poison::crashguard::{CrashGuard, InFlight};
 use spansink::poison::spool::{Spool, SpoolConfig};
 
@@ -187,4 +190,18 @@ fn the_crash_guard_lives_beside_the_spool_without_disturbing_it() {
     assert!(spool.list().unwrap().is_empty());
     assert_eq!(spool.quarantined().unwrap(), 0);
     assert_eq!(file_names(&dir.path().join("inflight")).len(), 1);
+}
+
+#[test]
+fn a_record_left_by_the_previous_release_counts_its_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures::copy_dir(Path::new(fixtures::SPOOL_V1), dir.path());
+    let guard = process(dir.path(), 3);
+    // Offset 7 was alone in flight when that process died: it is the suspect.
+    let again = guard.begin(GROUP, TOPIC, 0, 7, 7).unwrap();
+    assert_eq!(again.crashes(), 1);
+    die(again);
+    // Rewritten in the current format, and read back by the next process.
+    let next = process(dir.path(), 3);
+    assert_eq!(next.begin(GROUP, TOPIC, 0, 7, 7).unwrap().crashes(), 2);
 }

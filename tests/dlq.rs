@@ -497,3 +497,48 @@ async fn a_dlq_outage_keeps_every_dead_letter_and_publishes_each_once_after() {
     assert_eq!(published.len(), 3, "{published:?}");
     assert_eq!(published.into_iter().collect::<BTreeSet<_>>(), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_written_by_the_previous_release_is_read_and_published() {
+    use common::fixtures;
+    let d = Drained::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `spool` opens the directory's `spool/`.
+    fixtures::copy_dir(
+        std::path::Path::new(fixtures::SPOOL_V1),
+        &dir.path().join("spool"),
+    );
+    let spool = spool(&dir);
+    assert_eq!(spool.id(), fixtures::SPOOL_V1_ID);
+    let entry = spool
+        .read(fixtures::SPOOL_V1_ENTRY)
+        .expect("a version 1 entry reads");
+    assert_eq!((entry.offset, entry.reason.as_str()), (5, "bad_protobuf"));
+    d.db.client()
+        .await
+        .execute(
+            "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", id, tenant_id,
+                                       stage, reason, error, instance, spool_id)
+             VALUES ('spansink', 'otlp_spans', 0, 5, $1, 'acme', 'decode', 'bad_protobuf', 'e', 'host-1', $2)",
+            &[&fixtures::SPOOL_V1_ENTRY, &fixtures::SPOOL_V1_ID],
+        )
+        .await
+        .expect("ledger row");
+    let pool = spansink::pg::connect(&d.db.db_args()).await.expect("pool");
+    let publisher =
+        Arc::new(DlqPublisher::new(&dlq_config(&d.kafka, Duration::from_secs(10))).unwrap());
+    let forwarder = Forwarder::new(Arc::clone(&spool), publisher, pool);
+    let report = forwarder.forward_once().await.expect("pass");
+    assert_eq!(report.published, 1, "{report:?}");
+    let published = read_topic(d.kafka.bootstrap_servers(), DLQ);
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].payload(), Some(entry.payload.as_slice()));
+    assert_eq!(
+        common::kafka::header(&published[0], header::ID).as_deref(),
+        Some(fixtures::SPOOL_V1_ENTRY)
+    );
+    assert!(
+        spool.list().unwrap().is_empty(),
+        "published entries leave the spool"
+    );
+}

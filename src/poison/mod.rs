@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod crashguard;
 pub mod dlq;
+pub mod durable;
 pub mod forward;
 pub mod isolate;
 pub mod reader;

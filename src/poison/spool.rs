@@ -30,27 +30,31 @@
 //! `spawn_blocking`. Concurrent calls from the owner's tasks are safe.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use prost::Message as _;
 
 use crate::error::{Error, Result};
 use crate::metric;
 use crate::otlp::spansink::v1::DeadLetter;
+use crate::poison::durable::{self, Format};
 
-const MAGIC: &[u8; 4] = b"SPDL";
-const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 13;
 /// Largest body accepted. A dead letter holds one Kafka message, and Kafka
 /// brokers refuse messages near this size long before it; a length above it
 /// can only be damage. Nothing is allocated beyond the file's real size.
 pub const MAX_BODY_BYTES: u32 = 1 << 30;
+/// Version 1 is the only one so far: files of every release read as they are.
+const FORMAT: Format = Format {
+    magic: b"SPDL",
+    version: 1,
+    also_reads: &[],
+    max_body: MAX_BODY_BYTES,
+};
 /// Entry ids are file names: kept to what `dead_letter_id` produces.
 const MAX_ID_LEN: usize = 200;
 const ENTRY_SUFFIX: &str = ".dl";
@@ -96,63 +100,7 @@ pub struct SpoolStats {
     pub oldest: Option<SystemTime>,
 }
 
-/// Why an entry's file cannot be trusted.
-#[derive(Debug)]
-pub enum Damage {
-    Short {
-        len: u64,
-    },
-    BadMagic,
-    UnknownVersion(u8),
-    TooLarge {
-        declared: u64,
-    },
-    LengthMismatch {
-        declared: u64,
-        actual: u64,
-    },
-    Checksum {
-        stored: u32,
-        computed: u32,
-    },
-    Undecodable(prost::DecodeError),
-    /// The file is named `<id>.dl` but `<id>` is not a valid entry id.
-    BadName,
-    /// The entry inside belongs to another id.
-    WrongName {
-        inside: String,
-    },
-}
-
-impl fmt::Display for Damage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Damage::Short { len } => write!(f, "{len} bytes, shorter than the header"),
-            Damage::BadMagic => f.write_str("not a spool entry (bad magic)"),
-            Damage::UnknownVersion(v) => write!(f, "unknown format version {v}"),
-            Damage::TooLarge { declared } => {
-                write!(f, "declared length {declared} above the limit")
-            }
-            Damage::LengthMismatch { declared, actual } => {
-                write!(
-                    f,
-                    "torn: body of {declared} bytes declared, {actual} present"
-                )
-            }
-            Damage::Checksum { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
-                )
-            }
-            Damage::Undecodable(e) => write!(f, "body is not a dead letter: {e}"),
-            Damage::BadName => f.write_str("file name is not a valid entry id"),
-            Damage::WrongName { inside } => {
-                write!(f, "file name does not match the entry id {inside:?}")
-            }
-        }
-    }
-}
+pub use crate::poison::durable::Damage;
 
 #[derive(Debug, Clone, Copy)]
 struct Meta {
@@ -215,15 +163,9 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<Spool> {
         let quarantine = config.dir.join(QUARANTINE_DIR);
         for dir in [&config.dir, &quarantine, &config.dir.join(OVERSIZE_DIR)] {
-            fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            durable::create_dir(dir)?;
         }
         let lock = lock_dir(&config.dir)?;
-        // The directories themselves must survive a crash before any entry in them can.
-        sync_dir(&config.dir)?;
-        if let Some(parent) = parent_dir(&config.dir) {
-            sync_dir(parent)?;
-        }
         let id = read_or_make_id(&config.dir)?;
         let spool = Spool {
             config,
@@ -252,7 +194,7 @@ impl Spool {
             read_only: true,
             index: Mutex::new(Index::default()),
             id: read_id(dir)
-                .map_err(|e| io_at(&dir.join(ID_FILE), e))?
+                .map_err(|e| durable::io_at(&dir.join(ID_FILE), e))?
                 .unwrap_or_default(),
             _lock: None,
         };
@@ -263,7 +205,7 @@ impl Spool {
                 Ok(meta) => meta,
                 // Published and removed by the running instance meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_at(&path, e)),
+                Err(e) => return Err(durable::io_at(&path, e)),
             };
             index.insert(name.trim_end_matches(ENTRY_SUFFIX).to_string(), meta);
         }
@@ -285,14 +227,7 @@ impl Spool {
         let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let tmp = self.config.dir.join(format!(".{id}.{seq}{TMP_SUFFIX}"));
         let path = self.entry_path(id);
-        let created = write_new(&tmp, &frame)
-            .and_then(|created| fs::rename(&tmp, &path).map(|()| created))
-            .map_err(|e| {
-                // Best effort: open() removes any temporary file left behind.
-                let _ = fs::remove_file(&tmp);
-                io_at(&path, e)
-            })?;
-        sync_dir(&self.config.dir)?;
+        let created = durable::create(&path, &tmp, &frame)?;
         let meta = Meta {
             bytes: frame.len() as u64,
             created,
@@ -336,7 +271,7 @@ impl Spool {
     pub fn read(&self, id: &str) -> Result<DeadLetter> {
         check_id(id)?;
         let path = self.entry_path(id);
-        let (_, verified) = read_entry(&path).map_err(|e| io_at(&path, e))?;
+        let (_, verified) = read_entry(&path).map_err(|e| durable::io_at(&path, e))?;
         let damage = match verified {
             Ok(d) if d.id == id => return Ok(d),
             Ok(d) => Damage::WrongName { inside: d.id },
@@ -363,9 +298,9 @@ impl Spool {
         check_id(id)?;
         let path = self.entry_path(id);
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.config.dir)?,
+            Ok(()) => durable::sync_dir(&self.config.dir)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_at(&path, e)),
+            Err(e) => return Err(durable::io_at(&path, e)),
         }
         self.lock().remove(id);
         self.record_metrics();
@@ -396,9 +331,9 @@ impl Spool {
                 .map(|e| e.map(|_| ()))
                 .collect::<io::Result<Vec<()>>>()
                 .map(|v| v.len())
-                .map_err(|e| io_at(&self.quarantine, e)),
+                .map_err(|e| durable::io_at(&self.quarantine, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(io_at(&self.quarantine, e)),
+            Err(e) => Err(durable::io_at(&self.quarantine, e)),
         }
     }
 
@@ -423,10 +358,10 @@ impl Spool {
         match fs::rename(&from, &to) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(to),
-            Err(e) => return Err(io_at(&from, e)),
+            Err(e) => return Err(durable::io_at(&from, e)),
         }
-        sync_dir(&dir)?;
-        sync_dir(&self.config.dir)?;
+        durable::sync_dir(&dir)?;
+        durable::sync_dir(&self.config.dir)?;
         self.lock().remove(id);
         self.record_metrics();
         Ok(to)
@@ -441,11 +376,13 @@ impl Spool {
     /// verified entry, and indexes them.
     fn recover(&self) -> Result<()> {
         let dir = &self.config.dir;
-        let listing = fs::read_dir(dir).map_err(|e| io_at(dir, e))?;
+        let listing = fs::read_dir(dir).map_err(|e| durable::io_at(dir, e))?;
         let mut index = Index::default();
         for entry in listing {
-            let entry = entry.map_err(|e| io_at(dir, e))?;
-            let file_type = entry.file_type().map_err(|e| io_at(&entry.path(), e))?;
+            let entry = entry.map_err(|e| durable::io_at(dir, e))?;
+            let file_type = entry
+                .file_type()
+                .map_err(|e| durable::io_at(&entry.path(), e))?;
             if !file_type.is_file() {
                 continue; // quarantine/, the crash guard's inflight/, lost+found
             }
@@ -459,7 +396,7 @@ impl Spool {
             if is_tmp_name(&name) {
                 // A put that never reached its rename: its poison was not yet
                 // acknowledged as spooled, so the offset did not move past it.
-                fs::remove_file(entry.path()).map_err(|e| io_at(&entry.path(), e))?;
+                fs::remove_file(entry.path()).map_err(|e| durable::io_at(&entry.path(), e))?;
                 tracing::info!(file = %name, "removed an unfinished spool write");
             } else if let Some(id) = name.strip_suffix(ENTRY_SUFFIX) {
                 if let Some(meta) = self.recover_entry(&name, id)? {
@@ -469,7 +406,7 @@ impl Spool {
                 tracing::warn!(file = %name, "ignoring a file that is not a spool entry");
             }
         }
-        sync_dir(dir)?;
+        durable::sync_dir(dir)?;
         *self.lock() = index;
         Ok(())
     }
@@ -480,7 +417,7 @@ impl Spool {
         let damage = if check_id(id).is_err() {
             Damage::BadName
         } else {
-            match read_entry(&path).map_err(|e| io_at(&path, e))? {
+            match read_entry(&path).map_err(|e| durable::io_at(&path, e))? {
                 (meta, Ok(d)) if d.id == id => return Ok(Some(meta)),
                 (_, Ok(d)) => Damage::WrongName { inside: d.id },
                 (_, Err(damage)) => damage,
@@ -490,24 +427,11 @@ impl Spool {
         Ok(None)
     }
 
-    /// Moves a damaged file aside, keeping any earlier file of the same name.
+    /// Moves a damaged file aside: it may hold the only copy of a message.
     fn quarantine(&self, name: &str, damage: &Damage) -> Result<()> {
-        let from = self.config.dir.join(name);
-        let mut to = self.quarantine.join(name);
-        if fs::symlink_metadata(&to).is_ok() {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            to = self.quarantine.join(format!("{name}.{nanos}"));
-        }
-        match fs::rename(&from, &to) {
-            Ok(()) => {}
-            // Another task quarantined it first.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_at(&from, e)),
-        }
-        sync_dir(&self.quarantine)?;
-        sync_dir(&self.config.dir)?;
+        let Some(to) = durable::quarantine(&self.config.dir.join(name), &self.quarantine)? else {
+            return Ok(());
+        };
         metrics::counter!(metric::SPOOL_QUARANTINED).increment(1);
         tracing::warn!(
             file = %name,
@@ -521,13 +445,13 @@ impl Spool {
     /// Names of the `.dl` files, for the read-only listing.
     fn entry_names(&self) -> Result<Vec<String>> {
         let dir = &self.config.dir;
-        let listing = fs::read_dir(dir).map_err(|e| io_at(dir, e))?;
+        let listing = fs::read_dir(dir).map_err(|e| durable::io_at(dir, e))?;
         let mut names = Vec::new();
         for entry in listing {
-            let entry = entry.map_err(|e| io_at(dir, e))?;
+            let entry = entry.map_err(|e| durable::io_at(dir, e))?;
             let is_file = entry
                 .file_type()
-                .map_err(|e| io_at(&entry.path(), e))?
+                .map_err(|e| durable::io_at(&entry.path(), e))?
                 .is_file();
             match entry.file_name().to_str() {
                 Some(name) if is_file && name.ends_with(ENTRY_SUFFIX) && !is_tmp_name(name) => {
@@ -566,7 +490,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| io_at(&path, e))?;
+        .map_err(|e| durable::io_at(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(Error::config(
@@ -576,7 +500,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
                 dir.display()
             ),
         )),
-        Err(fs::TryLockError::Error(e)) => Err(io_at(&path, e)),
+        Err(fs::TryLockError::Error(e)) => Err(durable::io_at(&path, e)),
     }
 }
 
@@ -592,16 +516,13 @@ fn read_id(dir: &Path) -> io::Result<Option<String>> {
 /// The spool's id; made, durably, at its first open.
 fn read_or_make_id(dir: &Path) -> Result<String> {
     let path = dir.join(ID_FILE);
-    if let Some(id) = read_id(dir).map_err(|e| io_at(&path, e))? {
+    if let Some(id) = read_id(dir).map_err(|e| durable::io_at(&path, e))? {
         return Ok(id);
     }
     let id = format!("{:032x}", rand::random::<u128>());
     let tmp = dir.join(format!(".{ID_FILE}{TMP_SUFFIX}"));
     let _ = fs::remove_file(&tmp);
-    write_new(&tmp, id.as_bytes())
-        .and_then(|_| fs::rename(&tmp, &path))
-        .map_err(|e| io_at(&path, e))?;
-    sync_dir(dir)?;
+    durable::create(&path, &tmp, id.as_bytes())?;
     Ok(id)
 }
 
@@ -633,89 +554,28 @@ fn check_id(id: &str) -> Result<()> {
 
 /// The frame of one entry. Fails only for a dead letter too large to read back.
 pub fn encode(dead_letter: &DeadLetter) -> Result<Vec<u8>> {
-    let len = dead_letter.encoded_len();
-    let declared = u32::try_from(len)
-        .ok()
-        .filter(|n| *n <= MAX_BODY_BYTES)
-        .ok_or_else(|| {
-            Error::config(
-                "spool",
-                format!(
-                    "dead letter {} is {len} bytes, above the spool's limit of {MAX_BODY_BYTES}",
-                    dead_letter.id
-                ),
-            )
-        })?;
-    let mut frame = Vec::with_capacity(HEADER_LEN + len);
-    frame.extend_from_slice(MAGIC);
-    frame.push(FORMAT_VERSION);
-    frame.extend_from_slice(&declared.to_le_bytes());
-    frame.extend_from_slice(&[0; 4]); // the checksum, once the body is there
-    dead_letter
-        .encode(&mut frame)
-        .map_err(|e| Error::io("encoding a dead letter", io::Error::other(e)))?;
-    let crc = crc32c::crc32c(&frame[HEADER_LEN..]);
-    frame[9..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-    Ok(frame)
+    FORMAT.frame(&dead_letter.encode_to_vec())
 }
 
 /// Verifies and decodes one entry's frame.
 pub fn decode(frame: &[u8]) -> std::result::Result<DeadLetter, Damage> {
-    let Some((header, body)) = frame.split_first_chunk::<HEADER_LEN>() else {
-        return Err(Damage::Short {
-            len: frame.len() as u64,
-        });
-    };
-    if &header[..4] != MAGIC {
-        return Err(Damage::BadMagic);
-    }
-    if header[4] != FORMAT_VERSION {
-        return Err(Damage::UnknownVersion(header[4]));
-    }
-    let declared = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
-    let stored = u32::from_le_bytes([header[9], header[10], header[11], header[12]]);
-    if declared > MAX_BODY_BYTES {
-        return Err(Damage::TooLarge {
-            declared: declared.into(),
-        });
-    }
-    if body.len() as u64 != u64::from(declared) {
-        return Err(Damage::LengthMismatch {
-            declared: declared.into(),
-            actual: body.len() as u64,
-        });
-    }
-    let computed = crc32c::crc32c(body);
-    if computed != stored {
-        return Err(Damage::Checksum { stored, computed });
-    }
+    let (_, body) = FORMAT.unframe(frame)?;
     DeadLetter::decode(body).map_err(Damage::Undecodable)
 }
 
-/// Reads a file no larger than the largest valid frame; a larger one is
-/// damage, found without reading it.
 type Verified = std::result::Result<DeadLetter, Damage>;
 
+/// Reads a file no larger than the largest valid frame; a larger one is
+/// damage, found without reading it.
 fn read_entry(path: &Path) -> io::Result<(Meta, Verified)> {
     let mut file = File::open(path)?;
     let meta = file_meta(&file)?;
-    let max = HEADER_LEN as u64 + u64::from(MAX_BODY_BYTES);
-    if meta.bytes > max {
-        let declared = meta.bytes - HEADER_LEN as u64;
+    if meta.bytes > FORMAT.max_file() {
+        let declared = meta.bytes - durable::HEADER_LEN as u64;
         return Ok((meta, Err(Damage::TooLarge { declared })));
     }
-    let mut frame = Vec::with_capacity(usize::try_from(meta.bytes).unwrap_or(0));
-    // `take`: a file that grows while being read is still bounded.
-    io::Read::take(&mut file, max + 1).read_to_end(&mut frame)?;
+    let frame = durable::read_bounded(&mut file, FORMAT.max_file())?;
     Ok((meta, decode(&frame)))
-}
-
-/// Writes a new file and makes its contents durable; returns its mtime.
-fn write_new(path: &Path, contents: &[u8]) -> io::Result<SystemTime> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    file.metadata()?.modified()
 }
 
 fn file_meta(file: &File) -> io::Result<Meta> {
@@ -724,25 +584,6 @@ fn file_meta(file: &File) -> io::Result<Meta> {
         bytes: metadata.len(),
         created: metadata.modified()?,
     })
-}
-
-/// Makes a directory's entries (creations, renames, unlinks) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
-}
-
-/// The directory holding `dir`; `.` for a relative single component.
-pub(crate) fn parent_dir(dir: &Path) -> Option<&Path> {
-    match dir.parent() {
-        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".")),
-        other => other,
-    }
-}
-
-fn io_at(path: &Path, e: io::Error) -> Error {
-    Error::io(path.display().to_string(), e)
 }
 
 #[cfg(test)]
