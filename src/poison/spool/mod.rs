@@ -30,39 +30,26 @@
 //! `spawn_blocking`. Concurrent calls from the owner's tasks are safe.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use prost::Message as _;
+mod dir;
+mod entry;
 
 use crate::error::{Error, Result};
 use crate::metric;
 use crate::otlp::spansink::v1::DeadLetter;
-use crate::poison::durable::{self, Format};
+use crate::poison::durable;
+use dir::{lock_dir, read_id, read_or_make_id, ID_FILE};
+use entry::{check_id, entry_name, file_meta, is_tmp_name, read_entry, ENTRY_SUFFIX, TMP_SUFFIX};
+pub use entry::{decode, encode, MAX_BODY_BYTES};
 
-/// Largest body accepted. A dead letter holds one Kafka message, and Kafka
-/// brokers refuse messages near this size long before it; a length above it
-/// can only be damage. Nothing is allocated beyond the file's real size.
-pub const MAX_BODY_BYTES: u32 = 1 << 30;
-/// Version 1 is the only one so far: files of every release read as they are.
-const FORMAT: Format = Format {
-    magic: b"SPDL",
-    version: 1,
-    also_reads: &[],
-    max_body: MAX_BODY_BYTES,
-};
-/// Entry ids are file names: kept to what `dead_letter_id` produces.
-const MAX_ID_LEN: usize = 200;
-const ENTRY_SUFFIX: &str = ".dl";
-const TMP_SUFFIX: &str = ".tmp";
 const QUARANTINE_DIR: &str = "quarantine";
 const OVERSIZE_DIR: &str = "oversize";
-const LOCK_FILE: &str = ".lock";
-const ID_FILE: &str = "spool.id";
 
 /// Makes each temporary file name unique, so that two tasks spooling the same
 /// dead letter at once never write into one file.
@@ -390,7 +377,7 @@ impl Spool {
                 tracing::warn!(file = ?entry.file_name(), "ignoring a spool file with a non-UTF-8 name");
                 continue;
             };
-            if name == LOCK_FILE || name == ID_FILE {
+            if dir::is_own_file(&name) {
                 continue;
             }
             if is_tmp_name(&name) {
@@ -479,202 +466,5 @@ impl Spool {
 
     fn lock(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Takes the directory's exclusive lock, or says who holds it.
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| durable::io_at(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::config(
-            "--spool-dir",
-            format!(
-                "{} is in use by another spansink process; each instance needs a spool directory of its own",
-                dir.display()
-            ),
-        )),
-        Err(fs::TryLockError::Error(e)) => Err(durable::io_at(&path, e)),
-    }
-}
-
-/// The spool's id, if it has one.
-fn read_id(dir: &Path) -> io::Result<Option<String>> {
-    match fs::read_to_string(dir.join(ID_FILE)) {
-        Ok(text) => Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// The spool's id; made, durably, at its first open.
-fn read_or_make_id(dir: &Path) -> Result<String> {
-    let path = dir.join(ID_FILE);
-    if let Some(id) = read_id(dir).map_err(|e| durable::io_at(&path, e))? {
-        return Ok(id);
-    }
-    let id = format!("{:032x}", rand::random::<u128>());
-    let tmp = dir.join(format!(".{ID_FILE}{TMP_SUFFIX}"));
-    let _ = fs::remove_file(&tmp);
-    durable::create(&path, &tmp, id.as_bytes())?;
-    Ok(id)
-}
-
-fn entry_name(id: &str) -> String {
-    format!("{id}{ENTRY_SUFFIX}")
-}
-
-fn is_tmp_name(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(TMP_SUFFIX)
-}
-
-/// Ids become file names: ASCII letters, digits, `-` and `_`, as
-/// `dead_letter_id` makes them. Anything else (a `/`, `..`) is refused.
-fn check_id(id: &str) -> Result<()> {
-    let valid = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::config(
-            "spool entry id",
-            format!("{id:?} is not a valid entry id"),
-        ))
-    }
-}
-
-/// The frame of one entry. Fails only for a dead letter too large to read back.
-pub fn encode(dead_letter: &DeadLetter) -> Result<Vec<u8>> {
-    FORMAT.frame(&dead_letter.encode_to_vec())
-}
-
-/// Verifies and decodes one entry's frame.
-pub fn decode(frame: &[u8]) -> std::result::Result<DeadLetter, Damage> {
-    let (_, body) = FORMAT.unframe(frame)?;
-    DeadLetter::decode(body).map_err(Damage::Undecodable)
-}
-
-type Verified = std::result::Result<DeadLetter, Damage>;
-
-/// Reads a file no larger than the largest valid frame; a larger one is
-/// damage, found without reading it.
-fn read_entry(path: &Path) -> io::Result<(Meta, Verified)> {
-    let mut file = File::open(path)?;
-    let meta = file_meta(&file)?;
-    if meta.bytes > FORMAT.max_file() {
-        let declared = meta.bytes - durable::HEADER_LEN as u64;
-        return Ok((meta, Err(Damage::TooLarge { declared })));
-    }
-    let frame = durable::read_bounded(&mut file, FORMAT.max_file())?;
-    Ok((meta, decode(&frame)))
-}
-
-fn file_meta(file: &File) -> io::Result<Meta> {
-    let metadata = file.metadata()?;
-    Ok(Meta {
-        bytes: metadata.len(),
-        created: metadata.modified()?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::otlp::spansink::v1::Header;
-
-    fn letter(id: &str) -> DeadLetter {
-        DeadLetter {
-            id: id.to_string(),
-            topic: "otlp_spans".into(),
-            partition: 2,
-            offset: 7,
-            payload: vec![0xff, 0x00, 0x17],
-            headers: vec![Header {
-                key: "X-Scope-OrgID".into(),
-                value: Some(b"acme".to_vec()),
-            }],
-            reason: "bad_protobuf".into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn frame_round_trips() {
-        let d = letter("a-1-2");
-        let frame = encode(&d).unwrap();
-        assert_eq!(&frame[..4], b"SPDL");
-        assert_eq!(frame[4], 1);
-        assert_eq!(decode(&frame).unwrap(), d);
-    }
-
-    #[test]
-    fn every_kind_of_damage_is_recognised() {
-        let frame = encode(&letter("a-1-2")).unwrap();
-
-        assert!(matches!(decode(&frame[..5]), Err(Damage::Short { len: 5 })));
-        assert!(matches!(
-            decode(&frame[..frame.len() - 1]),
-            Err(Damage::LengthMismatch { .. })
-        ));
-        let mut longer = frame.clone();
-        longer.push(0);
-        assert!(matches!(
-            decode(&longer),
-            Err(Damage::LengthMismatch { .. })
-        ));
-
-        let mut magic = frame.clone();
-        magic[0] = b'X';
-        assert!(matches!(decode(&magic), Err(Damage::BadMagic)));
-
-        let mut version = frame.clone();
-        version[4] = 2;
-        assert!(matches!(decode(&version), Err(Damage::UnknownVersion(2))));
-
-        let mut huge = frame.clone();
-        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&huge), Err(Damage::TooLarge { .. })));
-
-        let mut flipped = frame.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 0x01;
-        assert!(matches!(decode(&flipped), Err(Damage::Checksum { .. })));
-    }
-
-    #[test]
-    fn a_checksummed_body_that_is_not_protobuf_is_undecodable() {
-        let body = [0xff_u8; 8];
-        let mut frame = Vec::new();
-        frame.extend_from_slice(b"SPDL");
-        frame.push(1);
-        frame.extend_from_slice(&8_u32.to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        frame.extend_from_slice(&body);
-        assert!(matches!(decode(&frame), Err(Damage::Undecodable(_))));
-    }
-
-    #[test]
-    fn ids_that_are_not_plain_file_names_are_refused() {
-        let id = crate::poison::record::dead_letter_id("g", "t", 0, 1);
-        assert!(check_id(&id).is_ok());
-        for bad in ["", "../x", "a/b", ".hidden", "a.dl", "é", &"x".repeat(201)] {
-            assert!(check_id(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn temporary_names_are_told_from_entries() {
-        assert!(is_tmp_name(".abc.3.tmp"));
-        assert!(!is_tmp_name("abc.dl"));
-        assert!(!is_tmp_name("abc.tmp"));
     }
 }
