@@ -212,12 +212,28 @@ pub struct RunArgs {
     /// Names this instance in dead letters and logs (default: the host name).
     #[arg(long, env = "SPANSINK_INSTANCE_ID", default_value_t = default_instance_id())]
     pub instance_id: String,
-    /// Test-only fault injection: panic while writing a batch that holds a span of this name.
+    #[command(flatten)]
+    pub fault: FaultArgs,
+}
+
+/// Test-only fault injection (see `crate::fault`): hidden from `--help`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FaultArgs {
+    /// Panic while writing a batch that holds a span of this name.
     #[arg(long, env = "SPANSINK_FAULT_PANIC_SPAN_NAME", hide = true)]
     pub fault_panic_span_name: Option<String>,
-    /// Test-only fault injection: abort the process when decoding a payload that holds this text.
+    /// Abort the process when decoding a payload that holds this text.
     #[arg(long, env = "SPANSINK_FAULT_ABORT_MARKER", hide = true)]
     pub fault_abort_marker: Option<String>,
+}
+
+impl FaultArgs {
+    pub fn faults(&self) -> crate::fault::Faults {
+        crate::fault::Faults {
+            panic_on_span_name: self.fault_panic_span_name.clone(),
+            abort_on_payload: self.fault_abort_marker.clone(),
+        }
+    }
 }
 
 /// Where the admin endpoints listen, if anywhere.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod coordinator;
 pub mod decode;
 pub mod error;
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod kafka;

@@ -57,8 +57,6 @@ pub struct WorkerSettings {
     pub retry: Policy,
     /// The sessions' `statement_timeout` (`--pg-statement-timeout`); zero: none.
     pub statement_timeout: Duration,
-    /// Test-only fault injection: abort the process on a payload holding these bytes.
-    pub fault_abort_marker: Option<String>,
 }
 
 /// The memory budget for batches, in KiB (semaphore permits are u32).
@@ -628,20 +626,7 @@ impl PartitionWorker {
             }
         };
         let settings = &self.shared.settings;
-        if let Some(marker) = &settings.fault_abort_marker {
-            if !marker.is_empty()
-                && message
-                    .payload
-                    .windows(marker.len())
-                    .any(|w| w == marker.as_bytes())
-            {
-                tracing::error!(
-                    offset = message.offset,
-                    "fault injection: aborting the process"
-                );
-                std::process::abort();
-            }
-        }
+        crate::fault::abort_on_payload(&message.payload, message.offset);
         if let Err(refused) = &message.decoded {
             return Err(refused.reissue());
         }

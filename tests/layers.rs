@@ -11,8 +11,8 @@ const LAYERS: &[(usize, &[&str])] = &[
     (
         0,
         &[
-            "batch", "blocking", "clock", "error", "health", "loadgen", "logcap", "metric",
-            "model", "otlp", "retry", "shutdown", "tenant",
+            "batch", "blocking", "clock", "error", "fault", "health", "loadgen", "logcap",
+            "metric", "model", "otlp", "retry", "shutdown", "tenant",
         ],
     ),
     (1, &["decode"]),

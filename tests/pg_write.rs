@@ -128,22 +128,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        Self::with_fault(None).await
-    }
-
-    async fn with_fault(fault: Option<&str>) -> Fixture {
         let db = TestDb::create().await;
         let mut sql = db.client().await;
         pg::migrate(&mut sql).await.unwrap();
         sql.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
         let pool = pg::connect(&db.db_args()).await.unwrap();
         let partitions = Arc::new(Partitions::new());
-        let writer = Writer::new(
-            pool.clone(),
-            partitions.clone(),
-            Canceller,
-            fault.map(String::from),
-        );
+        let writer = Writer::new(pool.clone(), partitions.clone(), Canceller);
         Fixture {
             pool,
             writer,
@@ -483,7 +474,7 @@ async fn the_offset_fences_concurrent_and_stale_writers() {
     committed(f.writer.write(&batch(0, None, 10, &[&base])).await.unwrap());
 
     // Two workers believe they own partition 0 at offset 10.
-    let other = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller, None);
+    let other = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller);
     let a = message(vec![span("acme", 2, 1, None, T0)], vec![]);
     let b = message(vec![span("acme", 3, 1, None, T0)], vec![]);
     let (ma, mb) = ([&a], [&b]);
@@ -563,7 +554,12 @@ async fn spansink_sessions(f: &Fixture) -> i64 {
 
 #[tokio::test]
 async fn a_panic_before_commit_rolls_the_batch_back() {
-    let f = Fixture::with_fault(Some("poison-pill")).await;
+    // Armed for the whole test binary: no other test names a span so.
+    spansink::fault::arm(spansink::fault::Faults {
+        panic_on_span_name: Some("poison-pill".into()),
+        ..Default::default()
+    });
+    let f = Fixture::new().await;
     let mut pill = span("acme", 1, 2, Some(1), T0);
     pill.name = "poison-pill".into();
     let m = message(vec![span("acme", 1, 1, None, T0), pill], vec![]);
@@ -600,7 +596,10 @@ async fn a_panic_before_commit_rolls_the_batch_back() {
     }
     drop(held);
     pg::ping(&f.pool).await.unwrap();
-    let healthy = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller, None);
+    let healthy = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller);
+    let mut cured = span("acme", 1, 2, Some(1), T0);
+    cured.name = "no longer a pill".into();
+    let m = message(vec![span("acme", 1, 1, None, T0), cured], vec![]);
     let stats = committed(healthy.write(&batch(0, None, 10, &[&m])).await.unwrap());
     assert_eq!(stats.spans_inserted, 2);
     assert_eq!(f.stored_offset(0).await, Some(10));
@@ -805,7 +804,7 @@ async fn connections_opened_before_migration_stage_lazily() {
     let db = TestDb::create().await;
     let pool = pg::connect(&db.db_args()).await.unwrap();
     pg::ping(&pool).await.unwrap();
-    let writer = Writer::new(pool.clone(), Arc::new(Partitions::new()), Canceller, None);
+    let writer = Writer::new(pool.clone(), Arc::new(Partitions::new()), Canceller);
     let m = message(vec![span("acme", 1, 1, None, T0)], vec![]);
 
     // Not migrated: no retry can help.

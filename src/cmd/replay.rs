@@ -136,7 +136,6 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport> {
         pool.clone(),
         Arc::new(Partitions::new()),
         crate::pg::pool::Canceller,
-        None,
     );
     let report = replay(args, &writer, letters).await?;
     Ok(report)

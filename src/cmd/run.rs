@@ -37,103 +37,41 @@ const PARTITION_MAINTENANCE: Duration = Duration::from_secs(3600);
 /// enough not to hold up the exit when it is down (the entries stay spooled).
 const FINAL_FORWARD_PASS: Duration = Duration::from_secs(5);
 
+/// Builds the parts in the order their failures should surface: settings,
+/// then Kafka clients (librdkafka checks its settings only when a client is
+/// created), then PostgreSQL and the spool, then the listeners, and only
+/// then anything that waits on the network.
 pub async fn run(
     args: &RunArgs,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<()> {
     args.validate()?;
+    crate::fault::arm(args.fault.faults());
     let stopper = Stopper::new(shutdown.clone());
     let lag = Arc::new(Lag::new(args.ingest.fetch_stuck_after));
     let health = Arc::new(Health::new());
-    // The Kafka clients first: librdkafka refuses a setting only when a client
-    // is created, and that is a configuration error to report at once, before
-    // anything waits on the network.
-    let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = consume::create(
-        &consumer_config(args),
-        Context::new(events, lag.clone(), health.clone(), stopper.clone()),
-    )?;
-    let poison = &args.poison;
-    let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
-        topic: poison.dlq_topic.clone(),
-        client: args.kafka.settings(),
-        instance: args.instance_id.clone(),
-        message_timeout: poison.dlq_message_timeout,
-    })?);
+    let kafka = Kafka::create(args, &lag, &health, &stopper)?;
     let pool = pg::pool::connect(&args.db.settings()).await?;
-    // Opening the spool locks its directory and reads every entry back,
-    // quarantining torn ones.
-    let spool = Arc::new(Spool::open(SpoolConfig {
-        dir: poison.spool_dir.clone(),
-        max_entries: poison.spool_max_entries,
-        max_bytes: poison.spool_max_bytes,
-    })?);
-    // One per process: it tells its own retries from a dead process's leftovers.
-    let crash_guard = Arc::new(CrashGuard::open(&poison.spool_dir, poison.crash_threshold)?);
-    tokio::spawn(record_stopping(crash_guard.clone(), shutdown.clone()));
-    let breakers = Arc::new(Breakers::new(BreakerConfig {
-        threshold: poison.breaker_threshold,
-        window: poison.breaker_window,
-        min_messages: poison.breaker_min_messages,
-        cooldown: poison.breaker_cooldown,
-    }));
-    // The listener outlives the drain, so that probes keep answering.
+    let poison = PoisonPath::open(args, &shutdown)?;
     let listener_stop = CancellationToken::new();
-    crate::http::serve(
-        args.metrics_addr,
-        metrics,
-        health.clone(),
-        Some(pool.clone()),
-        listener_stop.clone(),
-    )
-    .await?;
-    if let AdminAddr(Some(addr)) = args.admin_addr {
-        let admin = Admin {
-            addr,
-            breakers: breakers.clone(),
-            token: args.admin_token()?,
-            default_hold: poison.breaker_cooldown,
-        };
-        crate::http::serve_admin(admin, health.clone(), listener_stop.clone()).await?;
-    }
+    serve_http(args, metrics, &health, &poison, &pool, &listener_stop).await?;
     tokio::spawn(tick(
         health.clone(),
-        spool.clone(),
-        breakers.clone(),
+        poison.spool.clone(),
+        poison.breakers.clone(),
         lag.clone(),
         listener_stop.clone(),
     ));
-
-    if !args.no_migrate {
-        let ahead = args.db.partitions_ahead_days;
-        retry::until_ok(
-            "applying migrations",
-            &shutdown,
-            args.ingest.retry_policy(),
-            |_| crate::cmd::migrate::apply(&pool, ahead),
-        )
-        .await?;
-    }
-    let forwarder = Arc::new(Forwarder::new(spool.clone(), publisher, pool.clone()));
-    // Before consuming, no batch of this spool is in flight: what the ledger
-    // does not hold for it will never be published from here.
-    retry::until_ok(
-        "checking the spool against the ledger",
-        &shutdown,
+    prepare_database(args, &pool, &shutdown).await?;
+    let forwarding = Forwarding::start(
+        &poison,
+        kafka.publisher.clone(),
+        &pool,
+        &stopper,
         args.ingest.retry_policy(),
-        |_| async { forwarder.recover().await.map(|_| ()) },
     )
     .await?;
-    let dlq_wake = Arc::new(Notify::new());
-    let forwarder_stop = CancellationToken::new();
-    let forwarder_task = tokio::spawn(forwarder.clone().run(
-        dlq_wake.clone(),
-        forwarder_stop.clone(),
-        FINAL_FORWARD_PASS,
-        stopper.clone(),
-    ));
-
     let partitions = Arc::new(Partitions::new());
     tokio::spawn(maintain_partitions(
         pool.clone(),
@@ -141,63 +79,23 @@ pub async fn run(
         args.db.partitions_ahead_days,
         shutdown.clone(),
     ));
-
-    let writer = Arc::new(Writer::new(
-        pool.clone(),
-        partitions,
-        pg::pool::Canceller,
-        args.fault_panic_span_name.clone(),
-    ));
-    let ingest = &args.ingest;
     let shared = Arc::new(Shared {
-        settings: WorkerSettings {
-            group: ingest.group_id.clone(),
-            tenant_header: ingest.tenant_header.clone(),
-            default_tenant: ingest.default_tenant.clone(),
-            limits: ingest.limits(),
-            batch: BatchLimits {
-                max_messages: ingest.batch_max_messages,
-                max_bytes: ingest.batch_max_bytes,
-                linger: ingest.batch_linger,
-            },
-            retry: ingest.retry_policy(),
-            statement_timeout: args.db.pg_statement_timeout,
-            fault_abort_marker: args.fault_abort_marker.clone(),
-        },
-        writer,
-        spool,
-        crash_guard,
-        breakers,
-        budget: Budget::new(ingest.batch_budget()),
+        settings: worker_settings(args),
+        writer: Arc::new(Writer::new(pool.clone(), partitions, pg::pool::Canceller)),
+        spool: poison.spool,
+        crash_guard: poison.crash_guard,
+        breakers: poison.breakers,
+        budget: Budget::new(args.ingest.batch_budget()),
         lag: lag.clone(),
         health: health.clone(),
         instance: args.instance_id.clone(),
-        dlq_wake,
+        dlq_wake: forwarding.wake.clone(),
         stopper: stopper.clone(),
         live: LiveWorkers::default(),
     });
-    let topics: HashMap<String, _> = ingest
-        .traces_topics
-        .iter()
-        .map(|t| (t.name.clone(), t.encoding))
-        .collect();
-
-    let consumed = consume_until_stopped(
-        args,
-        &stopper,
-        Kafka { consumer, inbox },
-        shared,
-        pool,
-        topics,
-        health,
-        lag,
-    )
-    .await;
+    let consumed = consume_until_stopped(args, &stopper, kafka, shared, pool).await;
     // Whatever was committed last may still be published.
-    forwarder_stop.cancel();
-    if forwarder_task.await.is_err() {
-        tracing::warn!("the DLQ forwarder panicked");
-    }
+    forwarding.stop().await;
     listener_stop.cancel();
     consumed?;
     match stopper.take_fatal() {
@@ -206,65 +104,234 @@ pub async fn run(
     }
 }
 
-fn consumer_config(args: &RunArgs) -> rdkafka::ClientConfig {
-    let ingest = &args.ingest;
-    consume::consumer_config(
-        &args.kafka.settings(),
-        &ingest.group_id,
-        ingest.batch_budget(),
-        ingest.batch_max_bytes,
-        ingest.max_message_bytes,
-    )
-}
-
-/// The consumer and the events its rebalance callback sends.
+/// The consumer, the events its rebalance callback sends, and the DLQ producer.
 struct Kafka {
     consumer: Arc<consume::Consumer>,
     inbox: tokio::sync::mpsc::UnboundedReceiver<crate::kafka::rebalance::RebalanceEvent>,
+    publisher: Arc<DlqPublisher>,
+}
+
+impl Kafka {
+    fn create(
+        args: &RunArgs,
+        lag: &Arc<Lag>,
+        health: &Arc<Health>,
+        stopper: &Stopper,
+    ) -> Result<Self> {
+        let ingest = &args.ingest;
+        let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
+        let config = consume::consumer_config(
+            &args.kafka.settings(),
+            &ingest.group_id,
+            ingest.batch_budget(),
+            ingest.batch_max_bytes,
+            ingest.max_message_bytes,
+        );
+        let context = Context::new(events, lag.clone(), health.clone(), stopper.clone());
+        let consumer = consume::create(&config, context)?;
+        let publisher = Arc::new(DlqPublisher::new(&DlqConfig {
+            topic: args.poison.dlq_topic.clone(),
+            client: args.kafka.settings(),
+            instance: args.instance_id.clone(),
+            message_timeout: args.poison.dlq_message_timeout,
+        })?);
+        Ok(Kafka {
+            consumer,
+            inbox,
+            publisher,
+        })
+    }
+}
+
+/// What a poison message goes through on its way to the DLQ.
+struct PoisonPath {
+    spool: Arc<Spool>,
+    crash_guard: Arc<CrashGuard>,
+    breakers: Arc<Breakers>,
+}
+
+impl PoisonPath {
+    fn open(args: &RunArgs, shutdown: &CancellationToken) -> Result<Self> {
+        let poison = &args.poison;
+        // Opening the spool locks its directory and reads every entry back,
+        // quarantining torn ones.
+        let spool = Arc::new(Spool::open(SpoolConfig {
+            dir: poison.spool_dir.clone(),
+            max_entries: poison.spool_max_entries,
+            max_bytes: poison.spool_max_bytes,
+        })?);
+        // One per process: it tells its own retries from a dead process's leftovers.
+        let crash_guard = Arc::new(CrashGuard::open(&poison.spool_dir, poison.crash_threshold)?);
+        tokio::spawn(record_stopping(crash_guard.clone(), shutdown.clone()));
+        let breakers = Arc::new(Breakers::new(BreakerConfig {
+            threshold: poison.breaker_threshold,
+            window: poison.breaker_window,
+            min_messages: poison.breaker_min_messages,
+            cooldown: poison.breaker_cooldown,
+        }));
+        Ok(PoisonPath {
+            spool,
+            crash_guard,
+            breakers,
+        })
+    }
+}
+
+/// The probe and metrics listener, and the operator's. They outlive the
+/// drain, so that probes keep answering until the process exits.
+async fn serve_http(
+    args: &RunArgs,
+    metrics: PrometheusHandle,
+    health: &Arc<Health>,
+    poison: &PoisonPath,
+    pool: &deadpool_postgres::Pool,
+    stop: &CancellationToken,
+) -> Result<()> {
+    crate::http::serve(
+        args.metrics_addr,
+        metrics,
+        health.clone(),
+        Some(pool.clone()),
+        stop.clone(),
+    )
+    .await?;
+    if let AdminAddr(Some(addr)) = args.admin_addr {
+        let admin = Admin {
+            addr,
+            breakers: poison.breakers.clone(),
+            token: args.admin_token()?,
+            default_hold: args.poison.breaker_cooldown,
+        };
+        crate::http::serve_admin(admin, health.clone(), stop.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Migrations, unless the operator applies them: retried while PostgreSQL
+/// cannot be reached.
+async fn prepare_database(
+    args: &RunArgs,
+    pool: &deadpool_postgres::Pool,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    if args.no_migrate {
+        return Ok(());
+    }
+    let ahead = args.db.partitions_ahead_days;
+    retry::until_ok(
+        "applying migrations",
+        shutdown,
+        args.ingest.retry_policy(),
+        |_| crate::cmd::migrate::apply(pool, ahead),
+    )
+    .await
+}
+
+/// The dead-letter forwarder, running beside the partition workers.
+struct Forwarding {
+    /// Poked by a worker after a commit that dead-lettered something.
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarding {
+    async fn start(
+        poison: &PoisonPath,
+        publisher: Arc<DlqPublisher>,
+        pool: &deadpool_postgres::Pool,
+        stopper: &Stopper,
+        retry: retry::Policy,
+    ) -> Result<Self> {
+        let forwarder = Arc::new(Forwarder::new(
+            poison.spool.clone(),
+            publisher,
+            pool.clone(),
+        ));
+        // Before consuming, no batch of this spool is in flight: what the ledger
+        // does not hold for it will never be published from here.
+        retry::until_ok(
+            "checking the spool against the ledger",
+            stopper.token(),
+            retry,
+            |_| async { forwarder.recover().await.map(|_| ()) },
+        )
+        .await?;
+        let wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(forwarder.run(
+            wake.clone(),
+            stop.clone(),
+            FINAL_FORWARD_PASS,
+            stopper.clone(),
+        ));
+        Ok(Forwarding { wake, stop, task })
+    }
+
+    /// Cancelled once every worker has stopped, so that its last pass sees
+    /// their last commits.
+    async fn stop(self) {
+        self.stop.cancel();
+        if self.task.await.is_err() {
+            tracing::warn!("the DLQ forwarder panicked");
+        }
+    }
+}
+
+fn worker_settings(args: &RunArgs) -> WorkerSettings {
+    let ingest = &args.ingest;
+    WorkerSettings {
+        group: ingest.group_id.clone(),
+        tenant_header: ingest.tenant_header.clone(),
+        default_tenant: ingest.default_tenant.clone(),
+        limits: ingest.limits(),
+        batch: BatchLimits {
+            max_messages: ingest.batch_max_messages,
+            max_bytes: ingest.batch_max_bytes,
+            linger: ingest.batch_linger,
+        },
+        retry: ingest.retry_policy(),
+        statement_timeout: args.db.pg_statement_timeout,
+    }
 }
 
 /// The consumer, its poll thread and the coordinator, until shutdown; then
 /// every worker drains and the consumer leaves its group.
-#[allow(clippy::too_many_arguments)]
 async fn consume_until_stopped(
     args: &RunArgs,
     stopper: &Stopper,
     kafka: Kafka,
     shared: Arc<Shared>,
     pool: deadpool_postgres::Pool,
-    topics: HashMap<String, crate::config::Encoding>,
-    health: Arc<Health>,
-    lag: Arc<Lag>,
 ) -> Result<()> {
-    let ingest = &args.ingest;
-    let Kafka { consumer, inbox } = kafka;
+    let Kafka {
+        consumer, inbox, ..
+    } = kafka;
+    let topics: HashMap<String, _> = args
+        .ingest
+        .traces_topics
+        .iter()
+        .map(|t| (t.name.clone(), t.encoding))
+        .collect();
     let names: Vec<String> = topics.keys().cloned().collect();
-    let waited = consume::wait_for_topics(
+    let (health, lag) = (shared.health.clone(), shared.lag.clone());
+    match consume::wait_for_topics(
         &consumer,
         &args.kafka.brokers,
         &names,
         &health,
         stopper.token(),
     )
-    .await;
-    match waited {
+    .await
+    {
         Ok(()) => {}
         Err(Error::Shutdown) => return Ok(()),
         Err(e) => return Err(e),
     }
-    for topic in &names {
-        crate::metric::init_topic(topic);
-    }
-    let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&subscribed)
-        .map_err(|e| Error::config("--traces-topic", e.to_string()))?;
-    tracing::info!(topics = ?names, group = %ingest.group_id, "subscribed");
-
+    subscribe(&consumer, &names, &args.ingest.group_id)?;
     let poller = consume::spawn_poller(consumer.clone(), stopper.clone())
         .map_err(|e| Error::io("starting the Kafka poll thread", e))?;
-    let watermarks =
-        tokio::spawn(Arc::clone(&lag).watch_watermarks(consumer.clone(), stopper.token().clone()));
+    let watermarks = tokio::spawn(lag.watch_watermarks(consumer.clone(), stopper.token().clone()));
     Coordinator::new(CoordinatorConfig {
         consumer: consumer.clone(),
         events: inbox,
@@ -278,9 +345,28 @@ async fn consume_until_stopped(
     .run()
     .await;
     let _ = watermarks.await;
-    // Every worker has ended. Closing blocks while librdkafka leaves the group,
-    // and runs a last revocation through the (now gone) coordinator: off the
-    // async workers, after the poll thread has let go.
+    close(consumer, poller).await
+}
+
+fn subscribe(consumer: &consume::Consumer, names: &[String], group: &str) -> Result<()> {
+    for topic in names {
+        crate::metric::init_topic(topic);
+    }
+    let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&subscribed)
+        .map_err(|e| Error::config("--traces-topic", e.to_string()))?;
+    tracing::info!(topics = ?names, group, "subscribed");
+    Ok(())
+}
+
+/// Every worker has ended. Closing blocks while librdkafka leaves the group,
+/// and runs a last revocation through the (now gone) coordinator: off the
+/// async workers, after the poll thread has let go.
+async fn close(
+    consumer: Arc<consume::Consumer>,
+    poller: std::thread::JoinHandle<()>,
+) -> Result<()> {
     blocking::run("closing the Kafka consumer", move || {
         let polled = poller.join();
         drop(consumer);

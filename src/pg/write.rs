@@ -107,23 +107,14 @@ pub struct Writer {
     pool: Pool,
     partitions: Arc<Partitions>,
     canceller: pool::Canceller,
-    fault_panic_span_name: Option<String>,
 }
 
 impl Writer {
-    /// `fault_panic_span_name` is test-only fault injection: a batch holding a
-    /// span of that name panics after its rows are written, before COMMIT.
-    pub fn new(
-        pool: Pool,
-        partitions: Arc<Partitions>,
-        canceller: pool::Canceller,
-        fault_panic_span_name: Option<String>,
-    ) -> Self {
+    pub fn new(pool: Pool, partitions: Arc<Partitions>, canceller: pool::Canceller) -> Self {
         Writer {
             pool,
             partitions,
             canceller,
-            fault_panic_span_name,
         }
     }
 
@@ -223,9 +214,8 @@ impl Writer {
         let client = self.pool.get().await?;
         // Prepared before BEGIN: a failure here leaves no transaction behind.
         let stmts = Statements::prepare(&client).await?;
-        let fault = self.fault_panic_span_name.as_deref();
         let mut conn = TxConnection::new(client, self.canceller.clone());
-        let attempt = transact(conn.client(), &stmts, batch, rows, fault, fenced).await;
+        let attempt = transact(conn.client(), &stmts, batch, rows, fenced).await;
         if attempt.clean {
             conn.release();
         }
@@ -378,14 +368,13 @@ async fn transact(
     stmts: &Statements,
     batch: &WriteBatch<'_>,
     rows: &Rows<'_>,
-    fault: Option<&str>,
     fenced: bool,
 ) -> Attempt {
     let tx = match client.transaction().await {
         Ok(tx) => tx,
         Err(e) => return Attempt::failed(e, false),
     };
-    match body(&tx, stmts, batch, rows, fault, fenced).await {
+    match body(&tx, stmts, batch, rows, fenced).await {
         Ok(Some(stats)) => match tx.commit().await {
             Ok(()) => Attempt {
                 result: Ok(WriteOutcome::Committed(stats)),
@@ -424,7 +413,6 @@ async fn body(
     stmts: &Statements,
     batch: &WriteBatch<'_>,
     rows: &Rows<'_>,
-    fault: Option<&str>,
     fenced: bool,
 ) -> Result<Option<WriteStats>> {
     // First, so that a fenced batch does no work, and so that the offset row
@@ -456,11 +444,7 @@ async fn body(
         stats.events_inserted = tx.execute(&stmts.events_move, &[]).await?;
     }
     stats.spans_duplicate = (rows.total_spans as u64).saturating_sub(stats.spans_inserted);
-    if let Some(name) = fault {
-        if rows.spans.iter().any(|s| s.name == name) {
-            panic!("fault injection: batch holds a span named {name:?}");
-        }
-    }
+    crate::fault::panic_on_span(rows.spans.iter().map(|s| s.name.as_str()));
     Ok(Some(stats))
 }
 
