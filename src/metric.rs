@@ -84,242 +84,341 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// How a metric is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric's declaration: what `/metrics` says of it in `# HELP` and `# TYPE`.
+#[derive(Debug, Clone, Copy)]
+pub struct Described {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+/// Every metric, with its help text.
+pub const DESCRIBED: &[Described] = &[
+    Described {
+        name: MESSAGES_CONSUMED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Kafka messages received, per topic and partition.",
+    },
+    Described {
+        name: BYTES_CONSUMED,
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "Kafka message payload bytes received, per topic and partition.",
+    },
+    Described {
+        name: SPANS_WRITTEN,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Spans inserted into PostgreSQL (new rows only), per topic.",
+    },
+    Described {
+        name: SPANS_DUPLICATE,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Spans already stored and skipped (replays and duplicates), per topic.",
+    },
+    Described {
+        name: SPAN_EVENTS_WRITTEN,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Span events inserted into PostgreSQL, per topic.",
+    },
+    Described {
+        name: SPAN_LINKS_WRITTEN,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Span links stored with newly inserted spans, per topic.",
+    },
+    Described {
+        name: LOG_RECORDS_WRITTEN,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Log records inserted into PostgreSQL, per topic.",
+    },
+    Described {
+        name: BATCHES_COMMITTED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Batch transactions committed, per topic.",
+    },
+    Described {
+        name: BATCH_SPLITS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Batches split in two, per topic and cause: poison (a message PostgreSQL refuses) or too_slow (a statement outlasted --pg-statement-timeout).",
+    },
+    Described {
+        name: BATCH_MESSAGES,
+        kind: Kind::Histogram,
+        unit: Unit::Count,
+        help: "Kafka messages per committed batch.",
+    },
+    Described {
+        name: BATCH_SPANS,
+        kind: Kind::Histogram,
+        unit: Unit::Count,
+        help: "Spans per committed batch.",
+    },
+    Described {
+        name: PG_TRANSACTION_SECONDS,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Duration of one batch's PostgreSQL transaction, commit included.",
+    },
+    Described {
+        name: END_TO_END_LATENCY_SECONDS,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "From a message's Kafka timestamp to its PostgreSQL commit.",
+    },
+    Described {
+        name: ASSIGNED_PARTITIONS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Partitions assigned to this instance.",
+    },
+    Described {
+        name: PAUSED_PARTITIONS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Assigned partitions whose fetching is paused (memory budget or a stopped partition).",
+    },
+    Described {
+        name: STOPPED_PARTITIONS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Partitions stopped by a permanent failure, waiting for an operator.",
+    },
+    Described {
+        name: REBALANCES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Consumer group rebalance callbacks, by kind (assign, revoke, lost).",
+    },
+    Described {
+        name: OFFSET_FENCE_CONFLICTS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Batches rolled back because another writer moved the partition's offset.",
+    },
+    Described {
+        name: OFFSET_GAPS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Batches that started above the stored offset (transaction markers, compaction, retention).",
+    },
+    Described {
+        name: MESSAGES_BELOW_STORED_OFFSET,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Messages received below the stored offset and skipped as already committed.",
+    },
+    Described {
+        name: KAFKA_COMMIT_FAILURES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Advisory Kafka offset commits that failed (PostgreSQL holds the truth).",
+    },
+    Described {
+        name: INFLIGHT_BYTES,
+        kind: Kind::Gauge,
+        unit: Unit::Bytes,
+        help: "Payload bytes fetched by workers and not yet committed.",
+    },
+    Described {
+        name: PARTITION_PAUSED,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "1 while a partition's fetching is paused, per topic and partition.",
+    },
+    Described {
+        name: CONSUMER_LAG_MESSAGES,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Messages between the stored offset and the partition's end, per topic and partition.",
+    },
+    Described {
+        name: CONSUMER_LAG_SECONDS,
+        kind: Kind::Gauge,
+        unit: Unit::Seconds,
+        help: "Age of the oldest message not yet committed, per topic and partition.",
+    },
+    Described {
+        name: TRANSIENT_RETRIES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Retries after a transient failure, by kind.",
+    },
+    Described {
+        name: PANICS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Panics caught while decoding or writing.",
+    },
+    Described {
+        name: SANITIZED_VALUES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Values changed so that PostgreSQL accepts them, by kind (nul, nonfinite_float).",
+    },
+    Described {
+        name: DEAD_LETTERS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Messages dead-lettered (durably spooled), by topic, stage and reason.",
+    },
+    Described {
+        name: DLQ_PUBLISHED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Dead letters acknowledged by the DLQ topic's broker.",
+    },
+    Described {
+        name: DLQ_PUBLISH_FAILURES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "DLQ publish attempts that failed and will be retried.",
+    },
+    Described {
+        name: DLQ_OVERSIZE,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Dead letters the DLQ topic refused for their size: a marker was published instead and the record kept in the spool's oversize/ directory.",
+    },
+    Described {
+        name: SPOOL_ENTRIES,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Dead letters in the local spool, waiting for the DLQ.",
+    },
+    Described {
+        name: SPOOL_BYTES,
+        kind: Kind::Gauge,
+        unit: Unit::Bytes,
+        help: "Bytes of dead letters in the local spool.",
+    },
+    Described {
+        name: SPOOL_OLDEST_AGE_SECONDS,
+        kind: Kind::Gauge,
+        unit: Unit::Seconds,
+        help: "Age of the oldest spool entry; 0 when the spool is empty.",
+    },
+    Described {
+        name: SPOOL_CAPACITY_ENTRIES,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "The spool's entry limit; consumption pauses when it is reached.",
+    },
+    Described {
+        name: SPOOL_CAPACITY_BYTES,
+        kind: Kind::Gauge,
+        unit: Unit::Bytes,
+        help: "The spool's byte limit; consumption pauses when it is reached.",
+    },
+    Described {
+        name: SPOOL_QUARANTINED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Torn or corrupt spool entries moved to the quarantine folder.",
+    },
+    Described {
+        name: SPOOL_SUPERSEDED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Spool entries discarded because the dead-letter ledger does not hold them for this spool: never committed (the message is consumed again), stored by another instance, or dead-lettered from another spool.",
+    },
+    Described {
+        name: CRASH_GUARD_RANGES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Batches processed one message at a time because the process died with their range in flight.",
+    },
+    Described {
+        name: BREAKER_STATE,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Poison-rate circuit breaker per topic: 0 closed, 1 half-open, 2 open.",
+    },
+    Described {
+        name: BREAKER_TRIPS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Times the poison-rate circuit breaker opened, per topic.",
+    },
+    Described {
+        name: BREAKER_OPEN_PARTITIONS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Partitions whose own breaker is not closed (poison confined to them), per topic.",
+    },
+    Described {
+        name: BREAKER_HELD,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "1 while an operator holds the topic's breakers closed (POST /breaker/close).",
+    },
+    Described {
+        name: PARTITION_STUCK,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "1 while a partition's messages cannot be fetched (its worker has waited a minute while the partition's end is beyond librdkafka's fetch position: a message larger than the consumer may receive).",
+    },
+    Described {
+        name: PARTITION_WORKERS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Live workers per assigned partition: never more than 1.",
+    },
+    Described {
+        name: PARTITION_WORKER_OVERLAPS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Times a partition worker started while another one of the same partition was alive; always 0 unless there is a bug.",
+    },
+    Described {
+        name: BUILD_INFO,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Always 1; labels carry the version and git sha.",
+    },
+    Described {
+        name: READY,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "1 when /readyz reports ready.",
+    },
+    Described {
+        name: PG_POOL_CONNECTIONS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "PostgreSQL pool connections, by state (in_use, idle).",
+    },
+    Described {
+        name: PG_POOL_WAITING,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Tasks waiting for a PostgreSQL pool connection.",
+    },
+];
+
 fn describe() {
-    describe_counter!(
-        MESSAGES_CONSUMED,
-        Unit::Count,
-        "Kafka messages received, per topic and partition."
-    );
-    describe_counter!(
-        BYTES_CONSUMED,
-        Unit::Bytes,
-        "Kafka message payload bytes received, per topic and partition."
-    );
-    describe_counter!(
-        SPANS_WRITTEN,
-        Unit::Count,
-        "Spans inserted into PostgreSQL (new rows only), per topic."
-    );
-    describe_counter!(
-        SPANS_DUPLICATE,
-        Unit::Count,
-        "Spans already stored and skipped (replays and duplicates), per topic."
-    );
-    describe_counter!(
-        SPAN_EVENTS_WRITTEN,
-        Unit::Count,
-        "Span events inserted into PostgreSQL, per topic."
-    );
-    describe_counter!(
-        SPAN_LINKS_WRITTEN,
-        Unit::Count,
-        "Span links stored with newly inserted spans, per topic."
-    );
-    describe_counter!(
-        LOG_RECORDS_WRITTEN,
-        Unit::Count,
-        "Log records inserted into PostgreSQL, per topic."
-    );
-    describe_counter!(
-        BATCHES_COMMITTED,
-        Unit::Count,
-        "Batch transactions committed, per topic."
-    );
-    describe_counter!(
-        BATCH_SPLITS,
-        Unit::Count,
-        "Batches split in two, per topic and cause: poison (a message PostgreSQL refuses) or too_slow (a statement outlasted --pg-statement-timeout)."
-    );
-    describe_histogram!(
-        BATCH_MESSAGES,
-        Unit::Count,
-        "Kafka messages per committed batch."
-    );
-    describe_histogram!(BATCH_SPANS, Unit::Count, "Spans per committed batch.");
-    describe_histogram!(
-        PG_TRANSACTION_SECONDS,
-        Unit::Seconds,
-        "Duration of one batch's PostgreSQL transaction, commit included."
-    );
-    describe_histogram!(
-        END_TO_END_LATENCY_SECONDS,
-        Unit::Seconds,
-        "From a message's Kafka timestamp to its PostgreSQL commit."
-    );
-    describe_gauge!(
-        ASSIGNED_PARTITIONS,
-        Unit::Count,
-        "Partitions assigned to this instance."
-    );
-    describe_gauge!(
-        PAUSED_PARTITIONS,
-        Unit::Count,
-        "Assigned partitions whose fetching is paused (memory budget or a stopped partition)."
-    );
-    describe_gauge!(
-        STOPPED_PARTITIONS,
-        Unit::Count,
-        "Partitions stopped by a permanent failure, waiting for an operator."
-    );
-    describe_counter!(
-        REBALANCES,
-        Unit::Count,
-        "Consumer group rebalance callbacks, by kind (assign, revoke, lost)."
-    );
-    describe_counter!(
-        OFFSET_FENCE_CONFLICTS,
-        Unit::Count,
-        "Batches rolled back because another writer moved the partition's offset."
-    );
-    describe_counter!(OFFSET_GAPS, Unit::Count, "Batches that started above the stored offset (transaction markers, compaction, retention).");
-    describe_counter!(
-        MESSAGES_BELOW_STORED_OFFSET,
-        Unit::Count,
-        "Messages received below the stored offset and skipped as already committed."
-    );
-    describe_counter!(
-        KAFKA_COMMIT_FAILURES,
-        Unit::Count,
-        "Advisory Kafka offset commits that failed (PostgreSQL holds the truth)."
-    );
-    describe_gauge!(
-        INFLIGHT_BYTES,
-        Unit::Bytes,
-        "Payload bytes fetched by workers and not yet committed."
-    );
-    describe_gauge!(
-        PARTITION_PAUSED,
-        Unit::Count,
-        "1 while a partition's fetching is paused, per topic and partition."
-    );
-    describe_gauge!(
-        CONSUMER_LAG_MESSAGES,
-        Unit::Count,
-        "Messages between the stored offset and the partition's end, per topic and partition."
-    );
-    describe_gauge!(
-        CONSUMER_LAG_SECONDS,
-        Unit::Seconds,
-        "Age of the oldest message not yet committed, per topic and partition."
-    );
-    describe_counter!(
-        TRANSIENT_RETRIES,
-        Unit::Count,
-        "Retries after a transient failure, by kind."
-    );
-    describe_counter!(
-        PANICS,
-        Unit::Count,
-        "Panics caught while decoding or writing."
-    );
-    describe_counter!(
-        SANITIZED_VALUES,
-        Unit::Count,
-        "Values changed so that PostgreSQL accepts them, by kind (nul, nonfinite_float)."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        Unit::Count,
-        "Messages dead-lettered (durably spooled), by topic, stage and reason."
-    );
-    describe_counter!(
-        DLQ_PUBLISHED,
-        Unit::Count,
-        "Dead letters acknowledged by the DLQ topic's broker."
-    );
-    describe_counter!(
-        DLQ_PUBLISH_FAILURES,
-        Unit::Count,
-        "DLQ publish attempts that failed and will be retried."
-    );
-    describe_counter!(
-        DLQ_OVERSIZE,
-        Unit::Count,
-        "Dead letters the DLQ topic refused for their size: a marker was published instead and the record kept in the spool's oversize/ directory."
-    );
-    describe_gauge!(
-        SPOOL_ENTRIES,
-        Unit::Count,
-        "Dead letters in the local spool, waiting for the DLQ."
-    );
-    describe_gauge!(
-        SPOOL_BYTES,
-        Unit::Bytes,
-        "Bytes of dead letters in the local spool."
-    );
-    describe_gauge!(
-        SPOOL_OLDEST_AGE_SECONDS,
-        Unit::Seconds,
-        "Age of the oldest spool entry; 0 when the spool is empty."
-    );
-    describe_gauge!(
-        SPOOL_CAPACITY_ENTRIES,
-        Unit::Count,
-        "The spool's entry limit; consumption pauses when it is reached."
-    );
-    describe_gauge!(
-        SPOOL_CAPACITY_BYTES,
-        Unit::Bytes,
-        "The spool's byte limit; consumption pauses when it is reached."
-    );
-    describe_counter!(
-        SPOOL_QUARANTINED,
-        Unit::Count,
-        "Torn or corrupt spool entries moved to the quarantine folder."
-    );
-    describe_counter!(SPOOL_SUPERSEDED, Unit::Count, "Spool entries discarded because the dead-letter ledger does not hold them for this spool: never committed (the message is consumed again), stored by another instance, or dead-lettered from another spool.");
-    describe_counter!(CRASH_GUARD_RANGES, Unit::Count, "Batches processed one message at a time because the process died with their range in flight.");
-    describe_gauge!(
-        BREAKER_STATE,
-        Unit::Count,
-        "Poison-rate circuit breaker per topic: 0 closed, 1 half-open, 2 open."
-    );
-    describe_counter!(
-        BREAKER_TRIPS,
-        Unit::Count,
-        "Times the poison-rate circuit breaker opened, per topic."
-    );
-    describe_gauge!(
-        BREAKER_OPEN_PARTITIONS,
-        Unit::Count,
-        "Partitions whose own breaker is not closed (poison confined to them), per topic."
-    );
-    describe_gauge!(
-        BREAKER_HELD,
-        Unit::Count,
-        "1 while an operator holds the topic's breakers closed (POST /breaker/close)."
-    );
-    describe_gauge!(
-        PARTITION_STUCK,
-        Unit::Count,
-        "1 while a partition's messages cannot be fetched (its worker has waited a minute while the partition's end is beyond librdkafka's fetch position: a message larger than the consumer may receive)."
-    );
-    describe_gauge!(
-        PARTITION_WORKERS,
-        Unit::Count,
-        "Live workers per assigned partition: never more than 1."
-    );
-    describe_counter!(
-        PARTITION_WORKER_OVERLAPS,
-        Unit::Count,
-        "Times a partition worker started while another one of the same partition was alive; always 0 unless there is a bug."
-    );
-    describe_gauge!(
-        BUILD_INFO,
-        Unit::Count,
-        "Always 1; labels carry the version and git sha."
-    );
-    describe_gauge!(READY, Unit::Count, "1 when /readyz reports ready.");
-    describe_gauge!(
-        PG_POOL_CONNECTIONS,
-        Unit::Count,
-        "PostgreSQL pool connections, by state (in_use, idle)."
-    );
-    describe_gauge!(
-        PG_POOL_WAITING,
-        Unit::Count,
-        "Tasks waiting for a PostgreSQL pool connection."
-    );
+    for d in DESCRIBED {
+        match d.kind {
+            Kind::Counter => describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
 }
 
 /// Installs the global recorder with real Prometheus histograms (the exporter
@@ -442,5 +541,22 @@ fn init_process() {
     ] {
         // Registering the handle makes the histogram appear with zero counts.
         let _ = metrics::histogram!(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_once_with_help() {
+        let mut names: Vec<&str> = DESCRIBED.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a metric described twice");
+        assert!(DESCRIBED
+            .iter()
+            .all(|d| d.name.starts_with("spansink_") && !d.help.is_empty()));
     }
 }

@@ -116,3 +116,42 @@ fn the_rule_catches_an_upward_import() {
     assert!(layer_of("config") > layer_of("decode"));
     assert_eq!(layer_of("pg"), layer_of("kafka"));
 }
+
+#[test]
+fn the_readme_layout_shows_these_layers() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let layout = readme
+        .split("## Layout")
+        .nth(1)
+        .expect("a Layout section")
+        .split("\n## ")
+        .next()
+        .unwrap_or_default();
+    let mut shown: Vec<(usize, Vec<String>)> = Vec::new();
+    for row in layout.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let Some(layer) = cells.get(1).and_then(|c| c.parse::<usize>().ok()) else {
+            continue;
+        };
+        let mut modules: Vec<String> = cells[2]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|m| m.trim_end_matches('/').trim_end_matches(".rs").to_string())
+            .collect();
+        modules.sort();
+        shown.push((layer, modules));
+    }
+    shown.sort();
+    let mut expected: Vec<(usize, Vec<String>)> = LAYERS
+        .iter()
+        .map(|(layer, modules)| {
+            let mut m: Vec<String> = modules.iter().map(|s| s.to_string()).collect();
+            m.sort();
+            (*layer, m)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(shown, expected, "README's layer table against LAYERS");
+}

@@ -72,15 +72,7 @@ pub async fn run(
     kafka.create_topic(topic, args.partitions)?;
     let bootstrap = kafka.bootstrap_servers().to_string();
     let run_id = format!("demo-{:08x}", rand::random::<u32>());
-    println!("spansink demo {run_id}");
-    println!(
-        "  embedded Kafka: {bootstrap} (topic {topic}, {} partitions)",
-        args.partitions
-    );
-    println!(
-        "  produce your own:  kcat -b {bootstrap} -t {topic} -P -H X-Scope-OrgID=acme spans.pb   (one file, one message)"
-    );
-    println!("  PostgreSQL:     {}", redact(&args.db.url()));
+    announce(args, &bootstrap, topic, &run_id);
 
     let pool = crate::pg::pool::connect(&args.db.settings()).await?;
     crate::cmd::migrate::apply(&pool, args.db.partitions_ahead_days).await?;
@@ -114,9 +106,47 @@ pub async fn run(
         &shutdown,
     )
     .await?;
-    let elapsed = started.elapsed();
+    let complete = report(args, produced.spans, stored, started.elapsed(), &run_id);
+
+    if args.keep_running && complete {
+        println!(
+            "\nstill running (metrics on http://{}/metrics); Ctrl-C to stop",
+            args.metrics_addr
+        );
+        shutdown.cancelled().await;
+    }
+    pipeline_stop.cancel();
+    let consumer_result = consumer
+        .await
+        .map_err(|e| Error::Internal(format!("the embedded consumer did not finish: {e}")))?;
+    drop(kafka);
+    consumer_result?;
+    if complete {
+        Ok(())
+    } else {
+        Err(Error::io(
+            "demo",
+            std::io::Error::other("not every produced span was stored"),
+        ))
+    }
+}
+
+fn announce(args: &DemoArgs, bootstrap: &str, topic: &str, run_id: &str) {
+    println!("spansink demo {run_id}");
+    println!(
+        "  embedded Kafka: {bootstrap} (topic {topic}, {} partitions)",
+        args.partitions
+    );
+    println!(
+        "  produce your own:  kcat -b {bootstrap} -t {topic} -P -H X-Scope-OrgID=acme spans.pb   (one file, one message)"
+    );
+    println!("  PostgreSQL:     {}", redact(&args.db.url()));
+}
+
+/// Prints what was stored and how to look at it; whether every span was.
+fn report(args: &DemoArgs, produced: usize, stored: i64, elapsed: Duration, run_id: &str) -> bool {
     println!();
-    println!("spans produced:  {}", produced.spans);
+    println!("spans produced:  {produced}");
     println!("spans stored:    {stored} (read back from PostgreSQL)");
     println!(
         "throughput:      {:.0} spans/s end to end ({:.2}s)",
@@ -128,34 +158,15 @@ pub async fn run(
         "  psql '{}' -c \"SELECT tenant_id, service_name, name, duration_ns/1e6 AS ms FROM spans WHERE resource_attributes->>'loadgen.run_id' = '{run_id}' ORDER BY start_time DESC LIMIT 20\"",
         redact(&args.db.url())
     );
-    let complete = stored == produced.spans as i64;
+    let complete = stored == produced as i64;
     if !complete {
         println!(
             "NOT COMPLETE: {} spans missing after {:?}",
-            produced.spans as i64 - stored,
+            produced as i64 - stored,
             args.timeout
         );
     }
-
-    if args.keep_running && complete {
-        println!(
-            "\nstill running (metrics on http://{}/metrics); Ctrl-C to stop",
-            args.metrics_addr
-        );
-        shutdown.cancelled().await;
-    }
-    pipeline_stop.cancel();
-    let consumer_result = consumer.await.map_err(|e| Error::Panic(e.to_string()))?;
-    drop(kafka);
-    consumer_result?;
-    if complete {
-        Ok(())
-    } else {
-        Err(Error::io(
-            "demo",
-            std::io::Error::other("not every produced span was stored"),
-        ))
-    }
+    complete
 }
 
 fn embedded_run_args(args: &DemoArgs, bootstrap: &str, run_id: &str) -> Result<RunArgs> {

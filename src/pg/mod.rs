@@ -6,6 +6,7 @@
 //! embedded at build time.
 
 pub mod copy;
+pub mod dedupe;
 pub mod migrate;
 pub mod offsets;
 pub mod partitions;

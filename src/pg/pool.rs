@@ -1,7 +1,7 @@
 //! The connection pool and its per-connection setup.
 
 use deadpool_postgres::{
-    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
 };
 use tokio_postgres::{CancelToken, NoTls};
 
@@ -141,4 +141,50 @@ pub(crate) async fn create_staging(
     client: &tokio_postgres::Client,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     client.batch_execute(STAGE_CREATE).await
+}
+
+/// A pooled connection inside a transaction. Unless released after an
+/// acknowledged COMMIT or ROLLBACK, dropping it (a panic, a cancelled future
+/// such as a worker aborted after a lost assignment, an unknown outcome)
+/// cancels the statement the server may still be running, takes the
+/// connection out of the pool and closes it, so that the server aborts
+/// whatever was in flight and no later batch inherits a half-done
+/// transaction or COPY. The cancel is a courtesy that frees locks sooner:
+/// correctness rests on the offset fence, since a COMMIT already sent cannot
+/// be called back.
+pub(crate) struct TxConnection {
+    client: Option<Object>,
+    canceller: Canceller,
+}
+
+impl TxConnection {
+    pub fn new(client: Object, canceller: Canceller) -> Self {
+        TxConnection {
+            client: Some(client),
+            canceller,
+        }
+    }
+
+    pub fn client(&mut self) -> &mut Object {
+        // Only `release` and `drop` take the client, and both consume self.
+        self.client
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("TxConnection used after release"))
+    }
+
+    /// Returns the connection to the pool.
+    pub fn release(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for TxConnection {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            tracing::warn!("closing a connection whose transaction did not finish cleanly");
+            self.canceller.cancel(client.cancel_token());
+            // Detached from the pool, the client closes its socket when dropped.
+            drop(Object::take(client));
+        }
+    }
 }

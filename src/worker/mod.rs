@@ -1,0 +1,268 @@
+//! One assigned partition's worker: receive → decode → batch → write → commit.
+//!
+//! A partition is processed in order, one batch at a time; partitions run in
+//! parallel. The worker knows the offset PostgreSQL holds for its partition
+//! (`expected`), and every batch moves it with a fence in the same transaction
+//! as the batch's rows. Only after that commit does it commit to Kafka.
+//!
+//! The coordinator starts a worker once the partition's previous worker has
+//! ended, and it is the only one: [`LiveWorkers`] counts them and reports any
+//! overlap.
+
+mod budget;
+mod receive;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::batch::{Batch, BatchLimits, Received};
+use crate::blocking;
+use crate::decode::Encoding;
+use crate::decode::{self, Limits};
+use crate::error::{Error, Reason};
+use crate::health::Health;
+use crate::kafka::commit::{self, Ownership};
+use crate::kafka::consume::Consumer;
+use crate::kafka::lag::Lag;
+use crate::kafka::rebalance::{Context, TopicPartition};
+use crate::metric;
+use crate::model::{DecodedTraces, Sanitized};
+use crate::pg::offsets::PartitionKey;
+use crate::pg::write::{WriteStats, Writer};
+use crate::poison::breaker::{Admission, Breakers, Probe};
+use crate::poison::crashguard::{CrashGuard, InFlight};
+use crate::poison::isolate;
+use crate::poison::spool::Spool;
+use crate::retry::{self, Policy};
+use crate::shutdown::Stopper;
+
+pub use budget::{Alive, Budget, LiveWorkers};
+
+/// Gaps this small are what transaction markers leave; larger ones come from
+/// compaction, retention or a reset, and are worth a warning.
+const KNOWN_GAP: i64 = 2;
+
+/// How a worker decodes and batches.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub group: String,
+    pub tenant_header: String,
+    pub default_tenant: String,
+    pub limits: Limits,
+    pub batch: BatchLimits,
+    pub retry: Policy,
+    /// The sessions' `statement_timeout` (`--pg-statement-timeout`); zero: none.
+    pub statement_timeout: Duration,
+}
+
+/// What every worker uses, shared.
+pub struct Shared {
+    pub settings: WorkerSettings,
+    pub writer: Arc<Writer>,
+    pub spool: Arc<Spool>,
+    pub crash_guard: Arc<CrashGuard>,
+    pub breakers: Arc<Breakers>,
+    pub budget: Budget,
+    pub lag: Arc<Lag>,
+    pub health: Arc<Health>,
+    /// Names this instance in dead letters and the ledger.
+    pub instance: String,
+    /// Poked after a commit that dead-lettered something, so the forwarder publishes it.
+    pub dlq_wake: Arc<Notify>,
+    pub stopper: Stopper,
+    pub live: LiveWorkers,
+}
+
+/// One partition as its worker is given it.
+pub struct Assigned {
+    pub consumer: Arc<Consumer>,
+    pub queue: StreamPartitionQueue<Context>,
+    pub topic: String,
+    pub partition: i32,
+    pub encoding: Encoding,
+    /// What PostgreSQL held when the partition was assigned.
+    pub stored: Option<i64>,
+    pub owned: Ownership,
+    pub stop: CancellationToken,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+pub struct PartitionWorker {
+    shared: Arc<Shared>,
+    consumer: Arc<Consumer>,
+    queue: StreamPartitionQueue<Context>,
+    topic: String,
+    partition: i32,
+    encoding: Encoding,
+    owned: Ownership,
+    /// The partition's offset in PostgreSQL as this worker last read or wrote it.
+    expected: Option<i64>,
+    stop: CancellationToken,
+    /// A message received while the budget was exhausted, held for the next batch.
+    carry: Option<Received>,
+    paused: bool,
+    labels: [(&'static str, String); 2],
+}
+
+impl PartitionWorker {
+    pub fn new(shared: Arc<Shared>, assigned: Assigned) -> Self {
+        let labels = [
+            ("topic", assigned.topic.clone()),
+            ("partition", assigned.partition.to_string()),
+        ];
+        PartitionWorker {
+            shared,
+            consumer: assigned.consumer,
+            queue: assigned.queue,
+            topic: assigned.topic,
+            partition: assigned.partition,
+            encoding: assigned.encoding,
+            owned: assigned.owned,
+            expected: assigned.stored,
+            stop: assigned.stop,
+            carry: None,
+            paused: false,
+            labels,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let _alive = shared.live.enter(&self.topic, self.partition);
+        // A worker that ended paused would leave the partition paused: assignment
+        // clears only librdkafka's own pause, not the application's.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "cannot resume the assigned partition");
+        }
+        loop {
+            // Asked before fetching: a probe is a batch of one message.
+            let Some(probe) = self.wait_for_breaker().await else {
+                break;
+            };
+            let mut limits = self.shared.settings.batch;
+            if probe.is_some() {
+                limits.max_messages = 1;
+            }
+            let batch = self.collect(&limits).await;
+            if !batch.is_empty() {
+                if let Flow::Stop = self.process(batch, probe).await {
+                    break;
+                }
+            }
+            if self.stop.is_cancelled() {
+                break;
+            }
+        }
+        self.final_commit().await;
+        tracing::debug!(topic = %self.topic, partition = self.partition, "worker stopped");
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        if self.paused == paused {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        let result = if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "cannot change the partition's fetch state");
+            return;
+        }
+        self.paused = paused;
+        let delta = if paused { 1.0 } else { -1.0 };
+        metrics::gauge!(metric::PAUSED_PARTITIONS).increment(delta);
+        metrics::gauge!(metric::PARTITION_PAUSED, &self.labels).set(if paused { 1.0 } else { 0.0 });
+    }
+
+    fn key(&self) -> PartitionKey<'_> {
+        PartitionKey {
+            group: &self.shared.settings.group,
+            topic: &self.topic,
+            partition: self.partition,
+        }
+    }
+
+    /// Continues from what PostgreSQL holds: after a lost fence (another
+    /// writer moved the offset) or a breaker that opened mid-batch. Drops what
+    /// was fetched beyond it.
+    async fn rewind(&mut self, stored: Option<i64>) -> Flow {
+        self.carry = None;
+        self.expected = stored;
+        if let Some(next) = stored {
+            self.shared
+                .lag
+                .record_commit(&self.topic, self.partition, next, None);
+        }
+        let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+        let consumer = self.consumer.clone();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let seek = blocking::run("seek", move || {
+            Ok(consumer.seek(&topic, partition, offset, Duration::from_secs(10))?)
+        })
+        .await;
+        match seek {
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rewind to the stored offset");
+                self.stop_partition(stored, "cannot rewind to the stored offset")
+                    .await
+            }
+        }
+    }
+
+    /// The worker cannot go on without skipping: the partition stops, loudly,
+    /// paused until revocation or shutdown, its offset where PostgreSQL has it.
+    /// The next owner (or a restart) resumes there.
+    async fn stop_partition(&mut self, stored: Option<i64>, why: &str) -> Flow {
+        tracing::error!(stored = ?stored, why, "partition stopped; it resumes at the stored offset after a rebalance or restart");
+        metrics::gauge!(metric::STOPPED_PARTITIONS).increment(1.0);
+        self.set_paused(true);
+        self.stop.cancelled().await;
+        metrics::gauge!(metric::STOPPED_PARTITIONS).decrement(1.0);
+        self.set_paused(false);
+        Flow::Stop
+    }
+
+    /// On stop, a synchronous commit, so the group's offset is current before the
+    /// partition is handed over or the consumer closes.
+    async fn final_commit(&mut self) {
+        if self.paused {
+            self.set_paused(false);
+        }
+        let Some(next) = self.expected else { return };
+        let (consumer, owned, topic, partition) = (
+            self.consumer.clone(),
+            self.owned.clone(),
+            self.topic.clone(),
+            self.partition,
+        );
+        let committed = blocking::run("final offset commit", move || {
+            commit::commit(&consumer, &owned, &topic, partition, next, CommitMode::Sync);
+            Ok(())
+        })
+        .await;
+        if let Err(e) = committed {
+            self.shared.stopper.fail(e);
+        }
+    }
+}
