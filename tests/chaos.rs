@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::db::TestDb;
+use common::exposition::metric_value;
 use common::kafka::{header, produce, producer, read_all};
 use common::spansink::{wait_for, Instance};
 use common::traffic::{assert_traces_exact, generator, marked_message, span_count, stored_offsets};
@@ -281,7 +282,7 @@ async fn two_instances_under_chaos_store_every_good_span_once_and_dead_letter_ex
     for slot in &mut slots {
         let metrics = slot.running().scrape().await;
         assert!(
-            metrics.contains("spansink_partition_worker_overlaps_total 0"),
+            metric_value(&metrics, "spansink_partition_worker_overlaps_total", &[]) == Some(0.0),
             "one worker per partition:\n{metrics}"
         );
     }

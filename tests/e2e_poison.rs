@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use common::db::TestDb;
+use common::exposition::{metric_value, samples, series};
 use common::kafka::{fixture, header, produce, producer, read_all, DLQ, TOPIC};
-use common::spansink::{http_get, wait_for, Instance};
+use common::spansink::{http_get, http_post, wait_for, Instance};
 use common::traffic::{generator, marked_message, span_count, stored_offsets};
 use prost::Message as _;
 use rdkafka::message::Message as _;
@@ -518,8 +519,13 @@ async fn a_fully_poisoned_stream_trips_the_circuit_breaker_instead_of_filling_th
         "the breaker stopped the flood: {dead} dead letters of 300"
     );
     let metrics = instance.scrape().await;
-    assert!(
-        metrics.contains("spansink_circuit_breaker_state{topic=\"otlp_spans\"} 2"),
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "spansink_circuit_breaker_state",
+            &[("topic", "otlp_spans")]
+        ),
+        Some(2.0),
         "{metrics}"
     );
     assert!(stored_offsets(&db, "g-breaker", TOPIC)
@@ -528,24 +534,8 @@ async fn a_fully_poisoned_stream_trips_the_circuit_breaker_instead_of_filling_th
         .is_none_or(|o| *o < 300));
 
     // The operator closes it: the documented endpoint.
-    let (code, _) = post(&instance.admin_addr, "/breaker/close").await;
+    let (code, _) = http_post(&instance.admin_addr, "/breaker/close", &[]).await;
     assert_eq!(code, 200);
-}
-
-async fn post(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,17 +621,9 @@ async fn postgres_down_during_a_stream_sends_nothing_to_the_dlq() {
     produced.extend(common::traffic::produce_traffic(&bootstrap, TOPIC, 2, 20, &mut gen).await);
     // Lag shows, in messages and in seconds, while nothing can commit.
     wait_for("lag reported", Duration::from_secs(30), || async {
-        let metrics = instance.scrape().await;
-        let positive = |name: &str| {
-            metrics.lines().any(|l| {
-                l.starts_with(name)
-                    && l.rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .is_some_and(|v| v > 0.0)
-            })
-        };
-        positive("spansink_consumer_lag_messages{") && positive("spansink_consumer_lag_seconds{")
+        let metrics = samples(&instance.scrape().await);
+        let positive = |name: &str| series(&metrics, name, &[]).any(|s| s.value > 0.0);
+        positive("spansink_consumer_lag_messages") && positive("spansink_consumer_lag_seconds")
     })
     .await;
     assert_eq!(
@@ -760,10 +742,14 @@ async fn a_bad_deploy_opens_the_breaker_within_min_messages_and_replay_stores_ev
         },
     )
     .await;
-    assert!(instance
-        .scrape()
-        .await
-        .contains("spansink_circuit_breaker_state{topic=\"otlp_spans\"} 2"));
+    assert_eq!(
+        metric_value(
+            &instance.scrape().await,
+            "spansink_circuit_breaker_state",
+            &[("topic", "otlp_spans")]
+        ),
+        Some(2.0)
+    );
     wait_for(
         "committed dead letters published",
         Duration::from_secs(60),
@@ -790,7 +776,7 @@ async fn a_bad_deploy_opens_the_breaker_within_min_messages_and_replay_stores_ev
         .batch_execute("DROP TRIGGER bad_deploy ON spans")
         .await
         .expect("drop trigger");
-    let (code, _) = post(&instance.admin_addr, "/breaker/close").await;
+    let (code, _) = http_post(&instance.admin_addr, "/breaker/close", &[]).await;
     assert_eq!(code, 200);
     wait_for("the partition done", Duration::from_secs(60), || async {
         stored_offsets(&db, "g-deploy", TOPIC).await == produced.end_offsets()
@@ -867,8 +853,8 @@ async fn an_oversize_dead_letter_is_set_aside_with_a_marker_and_blocks_nothing()
         .expect("spool list");
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&format!("@{big_offset}")), "{listed}");
-    assert!(instance
-        .scrape()
-        .await
-        .contains("spansink_dlq_oversize_total 1"));
+    assert_eq!(
+        metric_value(&instance.scrape().await, "spansink_dlq_oversize_total", &[]),
+        Some(1.0)
+    );
 }

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::db::TestDb;
+use common::exposition::{metric_max, samples, series};
 use common::kafka::{committed_offsets, end_offsets, produce, producer, TOPIC};
 use common::spansink::{wait_for, Instance};
 use common::traffic::{
@@ -174,9 +175,7 @@ async fn postgres_connections_killed_mid_stream_lose_and_duplicate_nothing() {
     );
     let metrics = instance.scrape().await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("spansink_transient_retries_total") && !l.ends_with(" 0")),
+        series(&samples(&metrics), "spansink_transient_retries_total", &[]).any(|s| s.value != 0.0),
         "retries are counted:\n{metrics}\n{}",
         instance.logs()
     );
@@ -262,9 +261,7 @@ async fn a_panic_in_the_write_path_rolls_back_and_dead_letters_only_its_message(
     );
     let metrics = instance.scrape().await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("spansink_panics_total") && !l.ends_with(" 0")),
+        series(&samples(&metrics), "spansink_panics_total", &[]).any(|s| s.value != 0.0),
         "panics are counted"
     );
 }
@@ -336,15 +333,9 @@ async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget
     let want = produced.total_spans();
     let peak = std::sync::Mutex::new(0.0f64);
     wait_for("the backlog stored", Duration::from_secs(90), || async {
-        let metrics = instance.scrape().await;
-        for l in metrics
-            .lines()
-            .filter(|l| l.starts_with("spansink_inflight_bytes "))
-        {
-            if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-                let mut p = peak.lock().expect("peak");
-                *p = p.max(v);
-            }
+        if let Some(v) = metric_max(&instance.scrape().await, "spansink_inflight_bytes", &[]) {
+            let mut p = peak.lock().expect("peak");
+            *p = p.max(v);
         }
         span_count(&db).await as usize == want
     })
@@ -400,12 +391,12 @@ async fn kafka_timestamps_at_the_extremes_are_stored_and_keep_the_gauges_sane() 
     let mut instance = Instance::spawn(&bootstrap, &db.url, "g-extreme", &[]);
     wait_stored(&db, "g-extreme", spans, Duration::from_secs(60)).await;
     assert!(instance.is_running());
-    let metrics = instance.scrape().await;
-    for line in metrics.lines().filter(|l| {
-        l.starts_with("spansink_consumer_lag_seconds") || l.starts_with("spansink_end_to_end")
+    let metrics = samples(&instance.scrape().await);
+    for s in metrics.iter().filter(|s| {
+        s.name.starts_with("spansink_consumer_lag_seconds")
+            || s.name.starts_with("spansink_end_to_end")
     }) {
-        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(value.is_finite() && value >= 0.0, "{line}");
+        assert!(s.value.is_finite() && s.value >= 0.0, "{s:?}");
     }
     assert!(!instance.logs().contains("panicked"), "{}", instance.logs());
 }

@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::db::TestDb;
+use common::exposition::metric_max;
 use common::kafka::{cluster, header, produce, producer, read_all, DLQ, TOPIC};
-use common::spansink::{binary, http_get, wait_for, Instance};
+use common::spansink::{binary, http_get, http_post, wait_for, Instance};
 use common::traffic::{generator, marked_message, span_count, stored_offsets};
 use prost::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -26,18 +27,7 @@ fn dlq_ids(bootstrap: &str) -> BTreeSet<String> {
 
 /// The largest value of the series of `name` that carry all of `labels`.
 async fn metric(instance: &Instance, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    instance
-        .scrape()
-        .await
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .reduce(f64::max)
+    metric_max(&instance.scrape().await, name, labels)
 }
 
 /// A producer for messages larger than librdkafka's default limit (1 MB).
@@ -55,26 +45,6 @@ fn peak_rss_bytes(instance: &Instance) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .expect("VmHWM")
         * 1024
-}
-
-async fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
 }
 
 /// A protobuf ExportTraceServiceRequest of `n` empty spans.
@@ -155,7 +125,7 @@ async fn an_operators_close_holds_the_breaker_while_a_flood_drains() {
     assert!(before <= 100, "{before}");
 
     // A browser's request and a request without the token are refused.
-    let (code, _) = post(
+    let (code, _) = http_post(
         &instance.admin_addr,
         "/breaker/close",
         &[
@@ -165,7 +135,7 @@ async fn an_operators_close_holds_the_breaker_while_a_flood_drains() {
     )
     .await;
     assert_eq!(code, 403);
-    let (code, _) = post(&instance.admin_addr, "/breaker/close", &[]).await;
+    let (code, _) = http_post(&instance.admin_addr, "/breaker/close", &[]).await;
     assert_eq!(code, 401);
     assert_eq!(
         metric(&instance, "spansink_circuit_breaker_state", &[]).await,
@@ -173,7 +143,7 @@ async fn an_operators_close_holds_the_breaker_while_a_flood_drains() {
     );
 
     // The operator accepts the flood: held closed until it has drained.
-    let (code, body) = post(
+    let (code, body) = http_post(
         &instance.admin_addr,
         "/breaker/close?messages=200",
         &[("Authorization", "Bearer s3cret-token")],
@@ -462,6 +432,7 @@ async fn healthz_answers_within_a_second_under_a_slowloris() {
     })
     .await;
     // 1,100 connections that each send a byte now and then, never a request.
+    // Raw sockets: a request that never completes is the attack under test.
     let addr = instance.metrics_addr.clone();
     let attack = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
@@ -610,15 +581,8 @@ async fn timestamps_a_producer_set_in_1970_stay_out_of_latency_and_lag() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let scrape = instance.scrape().await;
-    let count = |suffix: &str| {
-        scrape
-            .lines()
-            .find(|l| l.starts_with(&format!("spansink_end_to_end_latency_seconds{suffix}")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
     assert_eq!(
-        count("_count"),
+        metric(&instance, "spansink_end_to_end_latency_seconds_count", &[]).await,
         Some(0.0),
         "an implausible timestamp is not a latency"
     );

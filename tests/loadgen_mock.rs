@@ -408,7 +408,7 @@ async fn rate_limit_spreads_the_run_out() {
 }
 
 #[test]
-fn fault_injection_calls_work() {
+fn the_mock_clusters_fault_injection_calls_succeed_and_an_unknown_broker_is_refused() {
     let kafka = start_with_topic("faults");
     kafka.broker_down(1).unwrap();
     kafka.broker_up(1).unwrap();

@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::db::TestDb;
+use common::exposition::metric_max;
 use common::kafka::{header, produce, producer, read_all, DLQ, TOPIC};
 use common::pgproxy::PgProxy;
 use common::spansink::{wait_for, Instance};
@@ -40,14 +41,9 @@ async fn lock_offsets(db: &TestDb, hold: Duration) -> tokio::task::JoinHandle<()
     task
 }
 
+/// The largest value of the series of `name`.
 async fn metric(instance: &Instance, name: &str) -> Option<f64> {
-    instance
-        .scrape()
-        .await
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .reduce(f64::max)
+    metric_max(&instance.scrape().await, name, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,7 +99,7 @@ fn with_metrics<T>(metric: &str, f: impl FnOnce() -> T) -> (T, Option<f64>) {
 }
 
 #[test]
-fn put_list_read_remove_round_trip() {
+fn an_entry_reads_back_as_put_stays_one_entry_when_put_again_and_is_gone_once_removed() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(config(dir.path())).unwrap();
     let d = letter(42);
@@ -258,7 +258,7 @@ fn invalid_ids_are_refused_before_touching_the_filesystem() {
 }
 
 #[test]
-fn full_by_entries_and_by_bytes() {
+fn the_spool_reports_full_at_either_limit_yet_never_refuses_a_put() {
     let dir = tempfile::tempdir().unwrap();
     let by_entries = Spool::open(SpoolConfig {
         max_entries: 2,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod exposition;
 pub mod fixtures;
 pub mod kafka;
 pub mod pgproxy;

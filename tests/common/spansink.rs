@@ -168,21 +168,46 @@ impl Drop for Instance {
     }
 }
 
-/// A minimal HTTP/1.0 GET, enough for the metrics and health endpoints.
+/// A client for one request: a connection of its own (the listeners answer
+/// one request per connection), no proxy (these addresses are local), and a
+/// redirect reported as it was answered, not followed.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTP client")
+}
+
+/// GET `path` from `addr`: the status and the body, or `None` if there was no
+/// answer (the listener is not up yet, say).
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    let response = http_client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// POST an empty body to `path` on `addr` with `headers`: the status and the body.
+pub async fn http_post(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut request = http_client().post(format!("http://{addr}{path}")).body("");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    (status, body)
 }
 
 /// Runs `spansink replay` to its end and returns its report; it must succeed.
