@@ -13,5 +13,9 @@ BEGIN
        AND to_regclass('pg_temp.spansink_stage_events') IS NULL THEN
         CREATE TEMP TABLE spansink_stage_events (LIKE span_events) ON COMMIT DELETE ROWS;
     END IF;
+    IF to_regclass('traces') IS NOT NULL
+       AND to_regclass('pg_temp.spansink_stage_traces') IS NULL THEN
+        CREATE TEMP TABLE spansink_stage_traces (LIKE traces) ON COMMIT DELETE ROWS;
+    END IF;
 END
 $$

@@ -216,6 +216,20 @@ pub struct RunArgs {
     pub fault: FaultArgs,
 }
 
+/// `spansink run`'s arguments with every default (and the `SPANSINK_*`
+/// environment), as if started with no flags: the limits the bench and its
+/// micro-benchmarks decode with.
+pub fn run_defaults() -> Result<RunArgs> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    <Defaults as clap::Parser>::try_parse_from(["spansink"])
+        .map(|d| d.run)
+        .map_err(|e| Error::config("defaults", e.to_string()))
+}
+
 /// Test-only fault injection (see `crate::fault`): hidden from `--help`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct FaultArgs {

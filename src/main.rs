@@ -6,6 +6,10 @@ use spansink::cmd::{Cli, Command};
 use spansink::config::{LogArgs, LogFormat};
 use spansink::error::{Class, Error};
 
+/// See Cargo.toml: decoding is allocation-heavy.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
@@ -63,6 +67,10 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
             .await
             .map(|report| println!("{report}")),
         Command::Spool(args) => cmd::spool::run(&args).await,
+        Command::Bench(args) => cmd::bench::run(&args)
+            .await
+            .map(|table| println!("{table}")),
+        Command::MockBroker(args) => cmd::bench::serve_mock_broker(&args),
         Command::Demo(args) => {
             let metrics = spansink::metric::install()?;
             let shutdown =

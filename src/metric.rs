@@ -20,6 +20,7 @@ pub const SPAN_LINKS_WRITTEN: &str = "spansink_span_links_written_total";
 pub const LOG_RECORDS_WRITTEN: &str = "spansink_log_records_written_total";
 pub const BATCHES_COMMITTED: &str = "spansink_batches_committed_total";
 pub const BATCH_SPLITS: &str = "spansink_batch_splits_total";
+pub const BATCH_WRITE_PATH: &str = "spansink_batch_write_path_total";
 pub const BATCH_MESSAGES: &str = "spansink_batch_messages";
 pub const BATCH_SPANS: &str = "spansink_batch_spans";
 pub const PG_TRANSACTION_SECONDS: &str = "spansink_pg_transaction_duration_seconds";
@@ -103,6 +104,12 @@ pub struct Described {
 
 /// Every metric, with its help text.
 pub const DESCRIBED: &[Described] = &[
+    Described {
+        name: BATCH_WRITE_PATH,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Batch transactions by write path: direct (COPY into the tables; every span new) or staged (a span was already stored: COPY into staging, then ON CONFLICT DO NOTHING).",
+    },
     Described {
         name: MESSAGES_CONSUMED,
         kind: Kind::Counter,

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{LogArgs, MigrateArgs, RunArgs};
 
+pub mod bench;
 pub mod demo;
 pub mod loadgen;
 pub mod migrate;
@@ -40,4 +41,9 @@ pub enum Command {
     Replay(Box<replay::ReplayArgs>),
     /// Inspect and drain the local poison spool.
     Spool(spool::SpoolArgs),
+    /// Measure the pipeline end to end beside PostgreSQL's own ceiling.
+    Bench(Box<bench::BenchArgs>),
+    /// Host librdkafka's mock cluster until standard input closes (for the bench).
+    #[command(hide = true)]
+    MockBroker(bench::MockBrokerArgs),
 }

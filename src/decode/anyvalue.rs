@@ -189,8 +189,14 @@ impl JsonWriter {
     pub(super) fn write_str(&mut self, out: &mut String, s: &str) {
         out.reserve(s.len() + 2);
         out.push('"');
+        let Some(first) = first_to_escape(s.as_bytes()) else {
+            // Nearly every string: nothing to escape.
+            out.push_str(s);
+            out.push('"');
+            return;
+        };
         let mut clean_from = 0;
-        for (i, &b) in s.as_bytes().iter().enumerate() {
+        for (i, &b) in s.as_bytes().iter().enumerate().skip(first) {
             if b >= 0x20 && b != b'"' && b != b'\\' {
                 continue;
             }
@@ -255,6 +261,40 @@ fn estimate_value_len(value: &AnyValue) -> usize {
         Some(Value::KvlistValue(kv)) => 2 + kv.values.len() * 16,
         _ => 8,
     }
+}
+
+/// The index of the first byte JSON needs escaped (a control character, `"`
+/// or `\\`), eight bytes at a time: attribute strings are scanned once each,
+/// and almost none holds such a byte.
+fn first_to_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Non-zero exactly when some byte of `x` is zero (no false positives
+    // when used only as a filter for the exact scan below).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let quote = has_zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
+        if below_space | quote | backslash != 0 {
+            return chunk.iter().position(|&b| needs_escape(b)).map(|i| at + i);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|i| at + i)
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
 }
 
 #[cfg(test)]
@@ -459,5 +499,27 @@ mod tests {
         });
         let err = w.value(Some(&v(map))).unwrap_err();
         assert_eq!(err.reason(), Some(Reason::TooManyAttributes));
+    }
+
+    #[test]
+    fn the_first_byte_to_escape_is_found_in_any_position() {
+        assert_eq!(first_to_escape(b""), None);
+        assert_eq!(
+            first_to_escape(b"plain text, longer than eight bytes"),
+            None
+        );
+        assert_eq!(
+            first_to_escape("é and ü: non-ASCII is not escaped".as_bytes()),
+            None
+        );
+        for special in [b'"', b'\\', b'\n', 0, 0x1f] {
+            for at in 0..20 {
+                let mut s = vec![b'a'; 20];
+                s[at] = special;
+                assert_eq!(first_to_escape(&s), Some(at), "{special} at {at}");
+            }
+        }
+        // Bytes just above the escaped ones are not escaped.
+        assert_eq!(first_to_escape(b" !#$%&'()*+,-./[]^_`{|}~\x7f"), None);
     }
 }

@@ -129,8 +129,13 @@ pub fn scan_traces(payload: &[u8], encoding: Encoding, limits: &ItemLimits) -> R
 /// Deeper than this, prost refuses the message anyway (its recursion limit).
 const MAX_DEPTH: u32 = 100;
 
-fn bad_protobuf(what: &str) -> Error {
-    Error::input(Reason::BadProtobuf, format!("while counting: {what}"))
+/// Why the walk stopped: kept small, since every step of the walk returns it.
+struct Malformed(&'static str);
+
+type Walk<T> = std::result::Result<T, Malformed>;
+
+fn bad_protobuf(m: Malformed) -> Error {
+    Error::input(Reason::BadProtobuf, format!("while counting: {}", m.0))
 }
 
 /// One protobuf field: its number and, for length-delimited ones, the bytes.
@@ -145,7 +150,8 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn next_field(&mut self) -> Result<Option<Field<'a>>> {
+    #[inline]
+    fn next_field(&mut self) -> Walk<Option<Field<'a>>> {
         if self.rest.is_empty() {
             return Ok(None);
         }
@@ -162,11 +168,11 @@ impl<'a> Fields<'a> {
             }
             2 => {
                 let len = usize::try_from(self.varint()?)
-                    .map_err(|_| bad_protobuf("a length beyond memory"))?;
+                    .map_err(|_| Malformed("a length beyond memory"))?;
                 let body = self
                     .rest
                     .get(..len)
-                    .ok_or_else(|| bad_protobuf("a field longer than the message"))?;
+                    .ok_or(Malformed("a field longer than the message"))?;
                 self.rest = &self.rest[len..];
                 Some(body)
             }
@@ -174,12 +180,20 @@ impl<'a> Fields<'a> {
                 self.skip(4)?;
                 None
             }
-            _ => return Err(bad_protobuf("an unsupported wire type")),
+            _ => return Err(Malformed("an unsupported wire type")),
         };
         Ok(Some(Field { number, body }))
     }
 
-    fn varint(&mut self) -> Result<u64> {
+    #[inline]
+    fn varint(&mut self) -> Walk<u64> {
+        // Tags and most lengths fit in one byte.
+        if let Some((&byte, rest)) = self.rest.split_first() {
+            if byte < 0x80 {
+                self.rest = rest;
+                return Ok(u64::from(byte));
+            }
+        }
         let mut value = 0u64;
         for (i, byte) in self.rest.iter().enumerate().take(10) {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -188,12 +202,13 @@ impl<'a> Fields<'a> {
                 return Ok(value);
             }
         }
-        Err(bad_protobuf("a malformed varint"))
+        Err(Malformed("a malformed varint"))
     }
 
-    fn skip(&mut self, n: usize) -> Result<()> {
+    #[inline]
+    fn skip(&mut self, n: usize) -> Walk<()> {
         if self.rest.len() < n {
-            return Err(bad_protobuf("a field longer than the message"));
+            return Err(Malformed("a field longer than the message"));
         }
         self.rest = &self.rest[n..];
         Ok(())
@@ -201,11 +216,7 @@ impl<'a> Fields<'a> {
 }
 
 /// Calls `f` with the body of every length-delimited field numbered `number`.
-fn each<'a>(
-    message: &'a [u8],
-    number: u64,
-    mut f: impl FnMut(&'a [u8]) -> Result<()>,
-) -> Result<()> {
+fn each<'a>(message: &'a [u8], number: u64, mut f: impl FnMut(&'a [u8]) -> Walk<()>) -> Walk<()> {
     let mut fields = Fields { rest: message };
     while let Some(field) = fields.next_field()? {
         if let (true, Some(body)) = (field.number == number, field.body) {
@@ -216,6 +227,10 @@ fn each<'a>(
 }
 
 fn proto_counts(payload: &[u8]) -> Result<Counts> {
+    walk(payload).map_err(bad_protobuf)
+}
+
+fn walk(payload: &[u8]) -> Walk<Counts> {
     let mut c = Counts::default();
     // ExportTraceServiceRequest.resource_spans = 1
     each(payload, 1, |resource_spans| {
@@ -236,7 +251,7 @@ fn proto_counts(payload: &[u8]) -> Result<Counts> {
     Ok(c)
 }
 
-fn scope(scope_spans: &[u8], c: &mut Counts) -> Result<()> {
+fn scope(scope_spans: &[u8], c: &mut Counts) -> Walk<()> {
     let mut fields = Fields { rest: scope_spans };
     while let Some(field) = fields.next_field()? {
         match (field.number, field.body) {
@@ -253,7 +268,7 @@ fn scope(scope_spans: &[u8], c: &mut Counts) -> Result<()> {
     Ok(())
 }
 
-fn span_items(span: &[u8], c: &mut Counts) -> Result<()> {
+fn span_items(span: &[u8], c: &mut Counts) -> Walk<()> {
     let mut fields = Fields { rest: span };
     while let Some(field) = fields.next_field()? {
         match (field.number, field.body) {
@@ -276,14 +291,14 @@ fn span_items(span: &[u8], c: &mut Counts) -> Result<()> {
 }
 
 /// A KeyValue: one value; KeyValue.value = 2 is an AnyValue.
-fn key_value(kv: &[u8], c: &mut Counts, depth: u32) -> Result<()> {
+fn key_value(kv: &[u8], c: &mut Counts, depth: u32) -> Walk<()> {
     c.values += 1;
     each(kv, 2, |any| any_value(any, c, depth + 1))
 }
 
-fn any_value(any: &[u8], c: &mut Counts, depth: u32) -> Result<()> {
+fn any_value(any: &[u8], c: &mut Counts, depth: u32) -> Walk<()> {
     if depth > MAX_DEPTH {
-        return Err(bad_protobuf(
+        return Err(Malformed(
             "recursion limit reached (values nested more than 100 levels deep)",
         ));
     }

@@ -15,12 +15,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Statement;
 
 use crate::error::{is_missing_partition, Error, Result};
+use crate::metric;
 use crate::model::DecodedTraces;
 use crate::pg::dedupe::Rows;
 use crate::pg::offsets::{self, PartitionKey};
 use crate::pg::partitions::Partitions;
 use crate::pg::pool::TxConnection;
-use crate::pg::{copy, pool};
+use crate::pg::{copy, pool, traces};
 
 const OFFSETS_ADVANCE: &str = include_str!("../../sql/offsets_advance.sql");
 const OFFSETS_CLAIM: &str = include_str!("../../sql/offsets_claim.sql");
@@ -28,6 +29,10 @@ const COPY_SPANS: &str = include_str!("../../sql/copy_spans.sql");
 const COPY_EVENTS: &str = include_str!("../../sql/copy_events.sql");
 const SPANS_MOVE: &str = include_str!("../../sql/spans_move.sql");
 const EVENTS_MOVE: &str = include_str!("../../sql/events_move.sql");
+const SPANS_COPY_DIRECT: &str = include_str!("../../sql/spans_copy_direct.sql");
+const EVENTS_COPY_DIRECT: &str = include_str!("../../sql/events_copy_direct.sql");
+const TRACES_COPY_STAGE: &str = include_str!("../../sql/traces_copy_stage.sql");
+const TRACES_UPSERT: &str = include_str!("../../sql/traces_upsert.sql");
 const DEAD_LETTERS_RECORD: &str = include_str!("../../sql/dead_letters_record.sql");
 const DEAD_LETTERS_REPLAYED: &str = include_str!("../../sql/dead_letters_replayed.sql");
 
@@ -183,7 +188,7 @@ impl Writer {
         match result? {
             WriteOutcome::Committed(stats) => Ok(stats),
             WriteOutcome::Fenced { .. } => {
-                Err(Error::Panic("an unfenced write reported a fence".into()))
+                Err(Error::Internal("an unfenced write reported a fence".into()))
             }
         }
     }
@@ -232,6 +237,10 @@ struct Statements {
     copy_events: Statement,
     spans_move: Statement,
     events_move: Statement,
+    spans_direct: Statement,
+    events_direct: Statement,
+    traces_stage: Statement,
+    traces_upsert: Statement,
     record_dead_letters: Statement,
 }
 
@@ -251,16 +260,21 @@ impl Statements {
 
     async fn prepare_all(client: &Object) -> std::result::Result<Self, tokio_postgres::Error> {
         // Issued together: the client pipelines them in one round trip.
-        let (advance, claim, copy_spans, copy_events, spans_move, events_move, record_dead_letters) =
-            futures::try_join!(
-                client.prepare_cached(OFFSETS_ADVANCE),
-                client.prepare_cached(OFFSETS_CLAIM),
-                client.prepare_cached(COPY_SPANS),
-                client.prepare_cached(COPY_EVENTS),
-                client.prepare_cached(SPANS_MOVE),
-                client.prepare_cached(EVENTS_MOVE),
-                client.prepare_cached(DEAD_LETTERS_RECORD),
-            )?;
+        let (advance, claim, copy_spans, copy_events, spans_move, events_move) = futures::try_join!(
+            client.prepare_cached(OFFSETS_ADVANCE),
+            client.prepare_cached(OFFSETS_CLAIM),
+            client.prepare_cached(COPY_SPANS),
+            client.prepare_cached(COPY_EVENTS),
+            client.prepare_cached(SPANS_MOVE),
+            client.prepare_cached(EVENTS_MOVE),
+        )?;
+        let (spans_direct, events_direct, traces_stage, traces_upsert, record_dead_letters) = futures::try_join!(
+            client.prepare_cached(SPANS_COPY_DIRECT),
+            client.prepare_cached(EVENTS_COPY_DIRECT),
+            client.prepare_cached(TRACES_COPY_STAGE),
+            client.prepare_cached(TRACES_UPSERT),
+            client.prepare_cached(DEAD_LETTERS_RECORD),
+        )?;
         Ok(Statements {
             advance,
             claim,
@@ -268,6 +282,10 @@ impl Statements {
             copy_events,
             spans_move,
             events_move,
+            spans_direct,
+            events_direct,
+            traces_stage,
+            traces_upsert,
             record_dead_letters,
         })
     }
@@ -357,6 +375,70 @@ async fn body(
         )
         .await?;
     }
+    let mut stats = write_rows(tx, stmts, rows).await?;
+    stats.spans_duplicate = (rows.total_spans as u64).saturating_sub(stats.spans_inserted);
+    crate::fault::panic_on_span(rows.spans.iter().map(|s| s.name.as_str()));
+    Ok(Some(stats))
+}
+
+const SAVEPOINT: &str = "SAVEPOINT spansink_direct";
+const RELEASE: &str = "RELEASE SAVEPOINT spansink_direct";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT spansink_direct";
+
+/// The batch's rows. Direct first: COPY straight into the tables and one
+/// upsert of the traces the batch's spans make, which is exact when none of
+/// them is stored yet, as in all but a replay. A span already stored makes the
+/// COPY fail with a unique violation; the batch then goes again, from the
+/// savepoint, down the staged path, whose `ON CONFLICT DO NOTHING` counts
+/// exactly what it inserts.
+async fn write_rows(
+    tx: &Transaction<'_>,
+    stmts: &Statements,
+    rows: &Rows<'_>,
+) -> Result<WriteStats> {
+    if rows.spans.is_empty() && rows.events.is_empty() {
+        return Ok(WriteStats::default());
+    }
+    tx.batch_execute(SAVEPOINT).await?;
+    match write_direct(tx, stmts, rows).await {
+        Ok(stats) => {
+            tx.batch_execute(RELEASE).await?;
+            metrics::counter!(metric::BATCH_WRITE_PATH, "path" => "direct").increment(1);
+            Ok(stats)
+        }
+        Err(Error::Postgres(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute(ROLLBACK_TO).await?;
+            metrics::counter!(metric::BATCH_WRITE_PATH, "path" => "staged").increment(1);
+            write_staged(tx, stmts, rows).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn write_direct(
+    tx: &Transaction<'_>,
+    stmts: &Statements,
+    rows: &Rows<'_>,
+) -> Result<WriteStats> {
+    let mut stats = WriteStats::default();
+    if !rows.spans.is_empty() {
+        stats.spans_inserted = copy::copy_spans(tx, &stmts.spans_direct, &rows.spans).await?;
+        stats.links_inserted = rows.spans.iter().map(|s| u64::from(s.link_count)).sum();
+        let traces = traces::fold(rows.spans.iter().copied());
+        traces::copy_traces(tx, &stmts.traces_stage, &traces).await?;
+        stats.traces_touched = tx.execute(&stmts.traces_upsert, &[]).await?;
+    }
+    if !rows.events.is_empty() {
+        stats.events_inserted = copy::copy_events(tx, &stmts.events_direct, &rows.events).await?;
+    }
+    Ok(stats)
+}
+
+async fn write_staged(
+    tx: &Transaction<'_>,
+    stmts: &Statements,
+    rows: &Rows<'_>,
+) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
     if !rows.spans.is_empty() {
         copy::copy_spans(tx, &stmts.copy_spans, &rows.spans).await?;
@@ -369,9 +451,7 @@ async fn body(
         copy::copy_events(tx, &stmts.copy_events, &rows.events).await?;
         stats.events_inserted = tx.execute(&stmts.events_move, &[]).await?;
     }
-    stats.spans_duplicate = (rows.total_spans as u64).saturating_sub(stats.spans_inserted);
-    crate::fault::panic_on_span(rows.spans.iter().map(|s| s.name.as_str()));
-    Ok(Some(stats))
+    Ok(stats)
 }
 
 /// Claims the batch's offset range: true when this transaction now holds it.

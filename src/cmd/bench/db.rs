@@ -1,0 +1,104 @@
+//! The bench's databases: each measurement gets a fresh one on the server
+//! `--database-url` names, made from the migrated (and perhaps pre-filled)
+//! template, and dropped afterwards.
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{Error, Result};
+
+/// The server, through a connection to the database `--database-url` names.
+pub struct Server {
+    url: String,
+    admin: Client,
+}
+
+impl Server {
+    pub async fn connect(url: &str) -> Result<Server> {
+        let (admin, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "bench admin connection ended");
+            }
+        });
+        Ok(Server {
+            url: url.to_string(),
+            admin,
+        })
+    }
+
+    /// The URL of another database on the same server. A `dbname` parameter
+    /// overrides the one in the URL (or in a `key=value` string).
+    pub fn url_of(&self, database: &str) -> String {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            let sep = if self.url.contains('?') { '&' } else { '?' };
+            format!("{}{sep}dbname={database}", self.url)
+        } else {
+            format!("{} dbname={database}", self.url)
+        }
+    }
+
+    /// Creates `name`, empty or as a copy of `template`.
+    pub async fn create(&self, name: &str, template: Option<&str>) -> Result<String> {
+        check_name(name)?;
+        let sql = match template {
+            Some(t) => {
+                check_name(t)?;
+                format!("CREATE DATABASE {name} TEMPLATE {t}")
+            }
+            None => format!("CREATE DATABASE {name}"),
+        };
+        self.admin.batch_execute(&sql).await?;
+        Ok(self.url_of(name))
+    }
+
+    pub async fn drop_database(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        self.admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Bench database names are made here, never taken from input: still, only
+/// plain identifiers reach SQL text.
+fn check_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name.len() < 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!("bench database name {name:?}")))
+    }
+}
+
+/// A client of one database, its connection driven in the background.
+pub async fn client(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Rows in the three tables a pipeline writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub spans: i64,
+    pub events: i64,
+    pub traces: i64,
+}
+
+pub async fn counts(client: &Client) -> Result<Counts> {
+    let row = client
+        .query_one(include_str!("../../../sql/bench_counts.sql"), &[])
+        .await?;
+    Ok(Counts {
+        spans: row.get(0),
+        events: row.get(1),
+        traces: row.get(2),
+    })
+}
