@@ -135,9 +135,10 @@ pub struct IngestArgs {
     /// A batch closes this long after its first message.
     #[arg(long, env = "SPANSINK_BATCH_LINGER", value_parser = parse_duration, default_value = "200ms")]
     pub batch_linger: Duration,
-    /// Memory budget for messages fetched but not yet committed, across all partitions.
-    /// Half goes to librdkafka's prefetch queue, half to batches being built and written.
-    #[arg(long, env = "SPANSINK_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    /// Memory budget for messages fetched but not yet committed, across all partitions:
+    /// librdkafka's prefetch, batches being built and written, and what they decode to.
+    /// Partitions take turns at fetching, one turn per 16 MiB of it (see Memory in the README).
+    #[arg(long, env = "SPANSINK_MAX_INFLIGHT_BYTES", default_value_t = 64 << 20)]
     pub max_inflight_bytes: usize,
     /// Messages larger than this are refused.
     #[arg(long, env = "SPANSINK_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
@@ -403,10 +404,15 @@ impl IngestArgs {
         Ok(())
     }
 
-    /// The memory for batches being built and written: half the in-flight
-    /// budget (librdkafka's prefetch has the other half).
+    /// librdkafka's prefetch, and the turns partitions take at fetching.
+    pub fn prefetch(&self) -> crate::kafka::consume::Prefetch {
+        crate::kafka::consume::Prefetch::within(self.max_inflight_bytes)
+    }
+
+    /// The memory for batches being built and written, and what they decode
+    /// to: the in-flight budget less librdkafka's prefetch.
     pub fn batch_budget(&self) -> usize {
-        self.max_inflight_bytes / 2
+        self.max_inflight_bytes - self.prefetch().total()
     }
 
     pub fn retry_policy(&self) -> crate::retry::Policy {

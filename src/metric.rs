@@ -37,6 +37,8 @@ pub const OFFSET_GAPS: &str = "spansink_offset_gaps_total";
 pub const MESSAGES_BELOW_STORED_OFFSET: &str = "spansink_messages_below_stored_offset_total";
 pub const KAFKA_COMMIT_FAILURES: &str = "spansink_kafka_commit_failures_total";
 pub const INFLIGHT_BYTES: &str = "spansink_inflight_bytes";
+pub const FETCHING_PARTITIONS: &str = "spansink_fetching_partitions";
+pub const FETCH_SLOTS: &str = "spansink_fetch_slots";
 pub const PARTITION_PAUSED: &str = "spansink_partition_paused";
 pub const PARTITION_STUCK: &str = "spansink_partition_stuck";
 pub const CONSUMER_LAG_MESSAGES: &str = "spansink_consumer_lag_messages";
@@ -198,7 +200,7 @@ pub const DESCRIBED: &[Described] = &[
         name: PAUSED_PARTITIONS,
         kind: Kind::Gauge,
         unit: Unit::Count,
-        help: "Assigned partitions whose fetching is paused (memory budget or a stopped partition).",
+        help: "Assigned partitions whose fetching is paused (waiting for a fetch slot or memory, a full spool, an open breaker, or a stopped partition).",
     },
     Described {
         name: STOPPED_PARTITIONS,
@@ -240,7 +242,19 @@ pub const DESCRIBED: &[Described] = &[
         name: INFLIGHT_BYTES,
         kind: Kind::Gauge,
         unit: Unit::Bytes,
-        help: "Payload bytes fetched by workers and not yet committed.",
+        help: "Bytes reserved by batches being built and written: payloads and what they decode to.",
+    },
+    Described {
+        name: FETCHING_PARTITIONS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Partitions holding a fetch slot: fetching and building batches, the others paused.",
+    },
+    Described {
+        name: FETCH_SLOTS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Partitions that may fetch and build batches at once: one per 16 MiB of --max-inflight-bytes.",
     },
     Described {
         name: PARTITION_PAUSED,
@@ -536,6 +550,7 @@ fn init_process() {
         PAUSED_PARTITIONS,
         STOPPED_PARTITIONS,
         INFLIGHT_BYTES,
+        FETCHING_PARTITIONS,
         READY,
     ] {
         metrics::gauge!(name).set(0.0);

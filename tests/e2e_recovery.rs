@@ -317,9 +317,11 @@ async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget
     let db = TestDb::migrated().await;
     let (_kafka, bootstrap) = cluster(4);
     let mut gen = generator(9, 60);
-    // About 20 KiB a message: 4 partitions of backlog against 512 KiB for batches.
+    // About 20 KiB a message: 4 partitions of backlog against 768 KiB for batches
+    // and one fetch slot, which the partitions take turns at.
     let produced = produce_traffic(&bootstrap, TOPIC, 4, 200, &mut gen).await;
     let budget: usize = 1 << 20;
+    let prefetch = budget / 4;
     let instance = Instance::spawn(
         &bootstrap,
         &db.url,
@@ -331,20 +333,32 @@ async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget
         ],
     );
     let want = produced.total_spans();
-    let peak = std::sync::Mutex::new(0.0f64);
-    wait_for("the backlog stored", Duration::from_secs(90), || async {
-        if let Some(v) = metric_max(&instance.scrape().await, "spansink_inflight_bytes", &[]) {
-            let mut p = peak.lock().expect("peak");
-            *p = p.max(v);
+    let peaks = std::sync::Mutex::new([0.0f64; 3]);
+    wait_for("the backlog stored", Duration::from_secs(120), || async {
+        let scraped = instance.scrape().await;
+        let mut p = peaks.lock().expect("peaks");
+        for (peak, name) in p.iter_mut().zip([
+            "spansink_inflight_bytes",
+            "spansink_fetching_partitions",
+            "spansink_paused_partitions",
+        ]) {
+            if let Some(v) = metric_max(&scraped, name, &[]) {
+                *peak = peak.max(v);
+            }
         }
         span_count(&db).await as usize == want
     })
     .await;
-    let peak = *peak.lock().expect("peak");
-    assert!(peak > 0.0, "the gauge moved");
+    let [inflight, fetching, paused] = *peaks.lock().expect("peaks");
+    assert!(inflight > 0.0, "the gauge moved");
     assert!(
-        peak <= (budget / 2) as f64,
-        "in-flight bytes {peak} above the batch half of the budget"
+        inflight <= (budget - prefetch) as f64,
+        "in-flight bytes {inflight} above the batch share of the budget"
+    );
+    assert_eq!(fetching, 1.0, "one partition fetches at a time");
+    assert!(
+        paused >= 3.0,
+        "the others wait for their turn, paused: {paused}"
     );
     assert_traces_exact(&db).await;
     assert_eq!(

@@ -29,7 +29,7 @@ use crate::poison::forward::Forwarder;
 use crate::poison::spool::{Spool, SpoolConfig};
 use crate::retry;
 use crate::shutdown::Stopper;
-use crate::worker::{Budget, LiveWorkers, Shared, WorkerSettings};
+use crate::worker::{Budget, FetchSlots, LiveWorkers, Shared, WorkerSettings};
 
 /// How often the days ahead are made sure to have partitions.
 const PARTITION_MAINTENANCE: Duration = Duration::from_secs(3600);
@@ -86,6 +86,7 @@ pub async fn run(
         crash_guard: poison.crash_guard,
         breakers: poison.breakers,
         budget: Budget::new(args.ingest.batch_budget()),
+        fetch_slots: FetchSlots::new(args.ingest.prefetch().slots),
         lag: lag.clone(),
         health: health.clone(),
         instance: args.instance_id.clone(),
@@ -123,8 +124,7 @@ impl Kafka {
         let config = consume::consumer_config(
             &args.kafka.settings(),
             &ingest.group_id,
-            ingest.batch_budget(),
-            ingest.batch_max_bytes,
+            &ingest.prefetch(),
             ingest.max_message_bytes,
         );
         let context = Context::new(events, lag.clone(), health.clone(), stopper.clone());

@@ -28,10 +28,60 @@ const MAX_FETCH_BYTES: usize = 50 << 20;
 /// librdkafka's ceiling for `receive.message.max.bytes`.
 const MAX_RECEIVE_BYTES: usize = 2_147_483_647;
 
-/// The consumer settings spansink relies on, then the operator's `--kafka` settings.
+/// How the in-flight budget is shared between librdkafka's prefetch and the
+/// batches, by turns.
 ///
-/// `prefetch_budget` is the half of `--max-inflight-bytes` that librdkafka may hold
-/// in its prefetch queue; the other half bounds the batches being built and written.
+/// With a queue per partition, `queued.max.messages.kbytes` holds per
+/// partition and is fixed when the consumer is created, whatever the number
+/// of partitions assigned later. So a partition fetches, and builds batches,
+/// only during its turn: `slots` partitions at once, the others paused
+/// ([`crate::worker::FetchSlots`]). One partition's prefetch is small (a full
+/// queue plus one more fetch on top of it); the rest of the budget goes to
+/// batches. Few turns at a time also keep batches large: a budget shared by
+/// every assigned partition at once would make many small ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetch {
+    /// `queued.max.messages.kbytes`, in bytes.
+    pub queue_bytes: usize,
+    /// `max.partition.fetch.bytes`: what one fetch may add to a full queue.
+    pub fetch_bytes: usize,
+    /// `fetch.max.bytes`: one response from one broker, for all its partitions.
+    pub response_bytes: usize,
+    /// Partitions that may fetch at once.
+    pub slots: usize,
+}
+
+impl Prefetch {
+    /// The most one partition's queue holds; librdkafka's fetch size default.
+    const PARTITION_QUEUE: usize = 1 << 20;
+    /// The budget one turn stands for: its prefetch and its share of batches.
+    const TURN: usize = 8 << 20;
+
+    /// The plan for an in-flight budget of `budget` bytes: prefetch takes at
+    /// most a quarter of it.
+    pub fn within(budget: usize) -> Self {
+        let slots = (budget / Self::TURN).max(1);
+        let queue = (budget / (8 * slots)).clamp(1024, Self::PARTITION_QUEUE);
+        Prefetch {
+            queue_bytes: queue,
+            fetch_bytes: queue,
+            response_bytes: (slots * queue).clamp(1 << 20, MAX_FETCH_BYTES),
+            slots,
+        }
+    }
+
+    /// What one fetching partition may hold in librdkafka.
+    pub fn per_partition(&self) -> usize {
+        self.queue_bytes + self.fetch_bytes
+    }
+
+    /// What librdkafka may hold in all: every slot's partition at its most.
+    pub fn total(&self) -> usize {
+        self.slots * self.per_partition()
+    }
+}
+
+/// The consumer settings spansink relies on, then the operator's `--kafka` settings.
 ///
 /// Fetch sizes never shrink below one message: memory is bounded by pausing
 /// partitions, not by refusing to receive. A fetch response holds up to
@@ -43,14 +93,12 @@ const MAX_RECEIVE_BYTES: usize = 2_147_483_647;
 pub fn consumer_config(
     kafka: &Settings,
     group_id: &str,
-    prefetch_budget: usize,
-    batch_max_bytes: usize,
+    prefetch: &Prefetch,
     max_message_bytes: usize,
 ) -> ClientConfig {
-    let fetch_max = (prefetch_budget / 4).clamp(1 << 20, MAX_FETCH_BYTES);
-    let partition_fetch_max = batch_max_bytes.clamp(1 << 20, fetch_max);
-    let queued_kbytes = (prefetch_budget / 1024).clamp(1024, MAX_QUEUED_KBYTES);
-    let receive_max = fetch_max
+    let queued_kbytes = (prefetch.queue_bytes / 1024).clamp(1, MAX_QUEUED_KBYTES);
+    let receive_max = prefetch
+        .response_bytes
         .saturating_add(max_message_bytes.saturating_mul(2))
         .saturating_add(512)
         .min(MAX_RECEIVE_BYTES);
@@ -73,8 +121,18 @@ pub fn consumer_config(
         // Aborted transactional messages are never stored.
         ("isolation.level", "read_committed".into()),
         ("queued.max.messages.kbytes", queued_kbytes.to_string()),
-        ("fetch.max.bytes", fetch_max.to_string()),
-        ("max.partition.fetch.bytes", partition_fetch_max.to_string()),
+        // The queues are small by design, so a full one is the normal state
+        // while a batch is written: refetch soon after it drains, not after
+        // librdkafka's default second.
+        ("fetch.queue.backoff.ms", "10".into()),
+        // A partition that gets its turn waits for the broker's pending long
+        // poll before its first fetch: keep that wait short.
+        ("fetch.wait.max.ms", "100".into()),
+        ("fetch.max.bytes", prefetch.response_bytes.to_string()),
+        (
+            "max.partition.fetch.bytes",
+            prefetch.fetch_bytes.to_string(),
+        ),
         ("receive.message.max.bytes", receive_max.to_string()),
         // Statistics carry each partition's end offset, for the lag gauges.
         ("statistics.interval.ms", "5000".into()),
@@ -251,19 +309,26 @@ mod tests {
 
     #[test]
     fn limits_derive_from_one_budget() {
-        let c = consumer_config(&args(&[]), "g", 128 << 20, 8 << 20, 16 << 20);
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("131072"));
+        let prefetch = Prefetch::within(64 << 20);
         assert_eq!(
-            c.get("fetch.max.bytes"),
-            Some(&*(32usize << 20).to_string())
+            prefetch,
+            Prefetch {
+                queue_bytes: 1 << 20,
+                fetch_bytes: 1 << 20,
+                response_bytes: 4 << 20,
+                slots: 4,
+            }
         );
+        let c = consumer_config(&args(&[]), "g", &prefetch, 16 << 20);
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(c.get("fetch.max.bytes"), Some(&*(4usize << 20).to_string()));
         assert_eq!(
             c.get("max.partition.fetch.bytes"),
-            Some(&*(8usize << 20).to_string())
+            Some(&*(1usize << 20).to_string())
         );
         assert_eq!(
             c.get("receive.message.max.bytes"),
-            Some(&*((64usize << 20) + 512).to_string()),
+            Some(&*((36usize << 20) + 512).to_string()),
             "a full fetch and a batch of twice the largest message, whatever the budget"
         );
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
@@ -274,12 +339,25 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_takes_at_most_a_quarter_of_the_budget() {
+        for budget in [4096, 1 << 20, 3 << 20, 64 << 20, 100 << 20, 1 << 30] {
+            let p = Prefetch::within(budget);
+            assert!(p.slots >= 1);
+            assert!(
+                p.total() <= budget / 4,
+                "{budget}: {p:?} holds more than a quarter"
+            );
+        }
+        assert_eq!(Prefetch::within(1 << 20).slots, 1);
+        assert_eq!(Prefetch::within(1 << 30).slots, 64);
+    }
+
+    #[test]
     fn operator_settings_pass_through() {
         let c = consumer_config(
             &args(&[("session.timeout.ms", "6000")]),
             "g",
-            64 << 20,
-            1 << 20,
+            &Prefetch::within(64 << 20),
             16 << 20,
         );
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));
@@ -295,8 +373,7 @@ mod tests {
                 ("sasl.password", "secret"),
             ]),
             "g",
-            64 << 20,
-            1 << 20,
+            &Prefetch::within(64 << 20),
             16 << 20,
         );
         let created = create(&c, crate::kafka::rebalance::Context::detached());
@@ -312,8 +389,7 @@ mod tests {
         let c = consumer_config(
             &args(&[("no.such.setting", "1")]),
             "g",
-            64 << 20,
-            1 << 20,
+            &Prefetch::within(64 << 20),
             16 << 20,
         );
         let pipeline = crate::kafka::rebalance::Context::detached();

@@ -1,5 +1,6 @@
-//! The worker's shared limits: the memory budget batches reserve from, and
-//! the count of live workers per partition.
+//! The worker's shared limits: the memory budget batches reserve from, the
+//! fetch slots that bound librdkafka's prefetch, and the count of live workers
+//! per partition.
 
 use super::*;
 
@@ -28,6 +29,81 @@ impl Budget {
         let free = self.semaphore.available_permits() as f64;
         let used = (f64::from(self.kib) - free).max(0.0) * 1024.0;
         metrics::gauge!(metric::INFLIGHT_BYTES).set(used);
+    }
+}
+
+/// Which partitions may fetch. librdkafka's prefetch limit holds per partition
+/// and is fixed when the consumer is created, so its share of the budget is
+/// kept by letting only so many partitions fetch at once: a partition fetches
+/// while it holds a slot and is paused while it does not. Pausing also empties
+/// its prefetch queue, so a released slot frees its memory.
+#[derive(Debug)]
+pub struct FetchSlots {
+    semaphore: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// A partition's right to fetch; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct FetchSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl FetchSlots {
+    pub fn new(slots: usize) -> Self {
+        metrics::gauge!(metric::FETCH_SLOTS).set(slots as f64);
+        FetchSlots {
+            semaphore: Arc::new(Semaphore::new(slots.max(1))),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn try_take(&self) -> Option<FetchSlot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        Some(self.taken(permit))
+    }
+
+    /// Waits for a slot, first come first served: a partition that gives its
+    /// slot up queues behind those already waiting.
+    pub(super) async fn take(&self) -> Option<FetchSlot> {
+        let permit = {
+            // Counted down on drop: a wait cut short by a stop stops waiting.
+            let _waiting = Waiting::new(&self.waiting);
+            self.semaphore.clone().acquire_owned().await.ok()?
+        };
+        Some(self.taken(permit))
+    }
+
+    /// Whether a partition waits for a slot: then a holder gives its own up
+    /// at its next turn.
+    pub(super) fn contended(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    fn taken(&self, permit: OwnedSemaphorePermit) -> FetchSlot {
+        metrics::gauge!(metric::FETCHING_PARTITIONS).increment(1.0);
+        FetchSlot { _permit: permit }
+    }
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FetchSlot {
+    fn drop(&mut self) {
+        metrics::gauge!(metric::FETCHING_PARTITIONS).decrement(1.0);
     }
 }
 

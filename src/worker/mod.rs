@@ -14,6 +14,7 @@ mod receive;
 mod write;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,11 +47,21 @@ use crate::poison::spool::Spool;
 use crate::retry::{self, Policy};
 use crate::shutdown::Stopper;
 
-pub use budget::{Alive, Budget, LiveWorkers};
+pub use budget::{Alive, Budget, FetchSlot, FetchSlots, LiveWorkers};
 
 /// Gaps this small are what transaction markers leave; larger ones come from
 /// compaction, retention or a reset, and are worth a warning.
 const KNOWN_GAP: i64 = 2;
+
+/// How long a partition keeps its fetch slot, batch after batch, while others
+/// wait for one. Each turn ends by dropping what was prefetched (at most one
+/// partition's prefetch, about a batch), so turns last several batches and
+/// refetching stays a small share of fetching.
+const SLOT_TURN: Duration = Duration::from_secs(2);
+
+/// How long a partition may receive nothing before it counts as idle and
+/// lets a waiting one fetch: several fetch round trips.
+const IDLE_TURN: Duration = Duration::from_millis(50);
 
 /// How a worker decodes and batches.
 #[derive(Debug, Clone)]
@@ -73,6 +84,7 @@ pub struct Shared {
     pub crash_guard: Arc<CrashGuard>,
     pub breakers: Arc<Breakers>,
     pub budget: Budget,
+    pub fetch_slots: FetchSlots,
     pub lag: Arc<Lag>,
     pub health: Arc<Health>,
     /// Names this instance in dead letters and the ledger.
@@ -115,6 +127,10 @@ pub struct PartitionWorker {
     /// A message received while the budget was exhausted, held for the next batch.
     carry: Option<Received>,
     paused: bool,
+    /// Held while the partition may fetch; released whenever it pauses.
+    slot: Option<FetchSlot>,
+    /// When the slot was taken: a holder gives it up after a turn if others wait.
+    slot_since: Instant,
     labels: [(&'static str, String); 2],
 }
 
@@ -136,6 +152,8 @@ impl PartitionWorker {
             stop: assigned.stop,
             carry: None,
             paused: false,
+            slot: None,
+            slot_since: Instant::now(),
             labels,
         }
     }
@@ -151,7 +169,8 @@ impl PartitionWorker {
             tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "cannot resume the assigned partition");
         }
         loop {
-            // Asked before fetching: a probe is a batch of one message.
+            // Asked before fetching: a probe is a batch of one message. Fetching
+            // starts once the partition holds a fetch slot.
             let Some(probe) = self.wait_for_breaker().await else {
                 break;
             };
@@ -164,6 +183,7 @@ impl PartitionWorker {
                 if let Flow::Stop = self.process(batch, probe).await {
                     break;
                 }
+                self.end_turn_if_others_wait(SLOT_TURN);
             }
             if self.stop.is_cancelled() {
                 break;
@@ -171,6 +191,44 @@ impl PartitionWorker {
         }
         self.final_commit().await;
         tracing::debug!(topic = %self.topic, partition = self.partition, "worker stopped");
+    }
+
+    /// Fetches only while holding a fetch slot: waits for one, paused, when
+    /// none is free. `false` when asked to stop meanwhile.
+    async fn fetch(&mut self) -> bool {
+        if self.slot.is_none() {
+            let slots = Arc::clone(&self.shared);
+            let slot = match slots.fetch_slots.try_take() {
+                Some(slot) => slot,
+                None => {
+                    self.set_paused(true);
+                    // Waiting for a turn is not waiting for a fetch: never stuck.
+                    self.shared.lag.idle(&self.topic, self.partition, false);
+                    let taken = tokio::select! {
+                        slot = slots.fetch_slots.take() => slot,
+                        _ = self.stop.cancelled() => None,
+                    };
+                    let Some(slot) = taken else { return false };
+                    slot
+                }
+            };
+            self.slot = Some(slot);
+            self.slot_since = Instant::now();
+        }
+        self.set_paused(false);
+        true
+    }
+
+    /// Gives the fetch slot up, pausing, when another partition waits for one
+    /// and this one has had it for `turn`: slots go round, so every partition
+    /// fetches however many there are. The next [`Self::fetch`] queues again.
+    fn end_turn_if_others_wait(&mut self, turn: Duration) {
+        if self.slot.is_some()
+            && self.slot_since.elapsed() >= turn
+            && self.shared.fetch_slots.contended()
+        {
+            self.set_paused(true);
+        }
     }
 
     fn set_paused(&mut self, paused: bool) {
@@ -189,6 +247,11 @@ impl PartitionWorker {
             return;
         }
         self.paused = paused;
+        if paused {
+            // Pausing empties the partition's prefetch queue: what it held is
+            // fetched again on resume, and the slot is free for another.
+            self.slot = None;
+        }
         let delta = if paused { 1.0 } else { -1.0 };
         metrics::gauge!(metric::PAUSED_PARTITIONS).increment(delta);
         metrics::gauge!(metric::PARTITION_PAUSED, &self.labels).set(if paused { 1.0 } else { 0.0 });

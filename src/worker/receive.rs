@@ -24,6 +24,22 @@ impl PartitionWorker {
                 biased;
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep_until(linger_end), if !batch.is_empty() => break,
+                // A partition that has nothing to fetch lets a waiting one
+                // have its turn: it writes what it holds rather than linger,
+                // and, holding nothing, gives its slot up.
+                _ = tokio::time::sleep(IDLE_TURN), if self.slot.is_some() => {
+                    if !batch.is_empty() {
+                        if self.shared.fetch_slots.contended() {
+                            break;
+                        }
+                    } else {
+                        self.end_turn_if_others_wait(IDLE_TURN);
+                        if !self.fetch().await {
+                            break;
+                        }
+                    }
+                    None
+                }
                 received = self.queue.recv() => match received {
                     Ok(msg) => {
                         self.shared.lag.idle(&self.topic, self.partition, false);
@@ -121,8 +137,10 @@ impl PartitionWorker {
             p = budget.budget.semaphore.clone().acquire_many_owned(n) => p.ok(),
             _ = self.stop.cancelled() => None,
         };
-        self.set_paused(false);
         budget.budget.record();
+        if permit.is_some() && !self.fetch().await {
+            return None;
+        }
         permit
     }
 
@@ -140,8 +158,11 @@ impl PartitionWorker {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        self.set_paused(false);
-        Flow::Continue
+        if self.fetch().await {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        }
     }
 
     /// While the topic's breaker is open, the partition pauses: nothing is
@@ -151,8 +172,7 @@ impl PartitionWorker {
         loop {
             match self.shared.breakers.admit(&self.topic, self.partition) {
                 Admission::Proceed(probe) => {
-                    self.set_paused(false);
-                    return Some(probe);
+                    return self.fetch().await.then_some(probe);
                 }
                 Admission::Wait(delay) => {
                     self.set_paused(true);
