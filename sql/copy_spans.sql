@@ -1,5 +1,5 @@
--- Binary COPY target for a batch's spans. The column order is the order of
--- `pg::copy::SPAN_TYPES`: change both together.
+-- Binary COPY target for a batch's spans. The column order is the order in
+-- which `pg::copy::encode_span` writes the fields: change both together.
 COPY pg_temp.spansink_stage_spans (
     tenant_id, trace_id, span_id, parent_span_id, trace_state, flags, name, kind,
     start_time, end_time, start_unix_nano, end_unix_nano, duration_ns,

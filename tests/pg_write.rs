@@ -386,6 +386,72 @@ async fn replays_and_repeats_are_stored_once() {
     assert_eq!(span_count, 2);
 }
 
+/// Spans and events that fill several COPY chunks each, so that the stream is
+/// cut between rows many times on both write paths.
+#[tokio::test]
+async fn batches_of_many_copy_chunks_are_stored_whole_on_both_paths() {
+    let f = Fixture::new().await;
+    let pad = "x".repeat(1_000);
+    let mut spans = Vec::new();
+    let mut events = Vec::new();
+    for trace in 1..=4 {
+        for id in 1..=100 {
+            let parent = (id > 1).then_some(1);
+            let mut s = span("acme", trace, id, parent, T0 + i64::from(id));
+            s.attributes = format!(r#"{{"n":{id},"pad":"{pad}"}}"#);
+            events.push(event(&s, 0, &pad));
+            events.push(event(&s, 1, "last"));
+            spans.push(s);
+        }
+    }
+    let first_three = message(spans[..300].to_vec(), events[..600].to_vec());
+    let stats = committed(
+        f.writer
+            .write(&batch(0, None, 10, &[&first_three]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((stats.spans_inserted, stats.events_inserted), (300, 600));
+
+    // The same spans and one trace more: duplicates send it down the staged path.
+    let all = message(spans.clone(), events.clone());
+    let stats = committed(
+        f.writer
+            .write(&batch(0, Some(10), 20, &[&all]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (
+            stats.spans_inserted,
+            stats.spans_duplicate,
+            stats.events_inserted
+        ),
+        (100, 300, 200)
+    );
+
+    assert_eq!(f.count("SELECT count(*) FROM spans").await, 400);
+    assert_eq!(f.count("SELECT count(*) FROM span_events").await, 800);
+    assert_eq!(
+        f.count("SELECT sum(span_count)::int8 FROM traces").await,
+        400
+    );
+    let padded = "SELECT count(*) FROM spans WHERE length(attributes->>'pad') = 1000";
+    assert_eq!(f.count(padded).await, 400);
+    let last = f
+        .sql
+        .query_one(
+            "SELECT s.attributes->>'n', e.name FROM spans s JOIN span_events e
+               USING (tenant_id, trace_id, span_id)
+              WHERE s.trace_id = $1 AND s.span_id = $2 AND e.event_index = 1",
+            &[&&trace_id(4)[..], &&span_id(100)[..]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.get::<_, &str>(0), "100");
+    assert_eq!(last.get::<_, &str>(1), "last");
+}
+
 async fn root_of(f: &Fixture, trace: u8) -> (Option<Vec<u8>>, Option<i64>, i64) {
     let r = f
         .sql

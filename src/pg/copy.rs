@@ -1,229 +1,131 @@
-//! Binary COPY of a batch's rows into the session's staging tables.
+//! Binary COPY of a batch's rows into the session's staging tables, or
+//! straight into the tables on the direct path.
 //!
 //! Binary COPY is the fastest way in, and it lets us send values exactly:
 //! `bytea` straight from the id arrays, timestamps computed from nanoseconds
 //! here, and jsonb from the JSON text `decode` already wrote, with no JSON
-//! tree built on this side.
+//! tree built on this side. [`encode`] writes the rows' wire bytes; this file
+//! decides which column gets which value and streams the bytes out.
 
-use std::error::Error as StdError;
+pub mod encode;
+
 use std::pin::pin;
 
-use bytes::{BufMut, BytesMut};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use bytes::Bytes;
+use futures::SinkExt;
 use tokio_postgres::{Statement, Transaction};
 
 use crate::error::{Error, Reason, Result};
 use crate::model::{SpanEventRow, SpanRow};
 
-/// `jsonb` in binary form: a version byte, then the JSON text.
-#[derive(Debug, Clone, Copy)]
-pub struct Jsonb<'a>(pub &'a str);
+pub use encode::{CopyEncoder, Timestamptz};
 
-const JSONB_VERSION: u8 = 1;
+/// Encoded rows are handed to the connection in chunks of about this size.
+/// The connection's channel holds only a chunk or two, so a COPY needs a few
+/// times this much memory whatever the batch's size, rather than a buffer for
+/// the whole batch. 64 KiB is also far above the 4 KiB below which
+/// tokio-postgres copies what it is sent into a buffer of its own, so each
+/// chunk goes to the socket uncopied, after one await per chunk, not per row.
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
-impl ToSql for Jsonb<'_> {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        out.put_u8(JSONB_VERSION);
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
+/// Fields of a row of `sql/copy_spans.sql` and `sql/spans_copy_direct.sql`.
+pub const SPAN_FIELDS: i16 = 25;
 
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
+/// Fields of a row of `sql/copy_events.sql` and `sql/events_copy_direct.sql`.
+pub const EVENT_FIELDS: i16 = 10;
 
-    to_sql_checked!();
-}
-
-/// A `timestamptz` value: microseconds since 2000-01-01T00:00:00Z, PostgreSQL's
-/// own representation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Timestamptz(i64);
-
-/// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
-impl Timestamptz {
-    /// Rounds toward minus infinity (not toward zero), so that every instant
-    /// maps to the microsecond that contains it, before 1970 as after. The
-    /// exact value is kept in the `*_unix_nano` columns.
-    pub fn from_unix_nano(ns: i64) -> Self {
-        // |ns / 1000| < 9.3e15, far from overflowing when shifted by 9.5e14.
-        Timestamptz(ns.div_euclid(1_000) - PG_EPOCH_UNIX_MICROS)
-    }
-
-    /// Microseconds since the Unix epoch.
-    pub fn unix_micros(self) -> i64 {
-        self.0 + PG_EPOCH_UNIX_MICROS
-    }
-}
-
-impl ToSql for Timestamptz {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        out.put_i64(self.0);
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TIMESTAMPTZ
-    }
-
-    to_sql_checked!();
-}
-
-/// Column types of `sql/copy_spans.sql`, in its order.
-pub const SPAN_TYPES: [Type; 25] = [
-    Type::TEXT,        // tenant_id
-    Type::BYTEA,       // trace_id
-    Type::BYTEA,       // span_id
-    Type::BYTEA,       // parent_span_id
-    Type::TEXT,        // trace_state
-    Type::INT8,        // flags
-    Type::TEXT,        // name
-    Type::INT2,        // kind
-    Type::TIMESTAMPTZ, // start_time
-    Type::TIMESTAMPTZ, // end_time
-    Type::INT8,        // start_unix_nano
-    Type::INT8,        // end_unix_nano
-    Type::INT8,        // duration_ns
-    Type::INT2,        // status_code
-    Type::TEXT,        // status_message
-    Type::TEXT,        // service_name
-    Type::JSONB,       // resource_attributes
-    Type::TEXT,        // scope_name
-    Type::TEXT,        // scope_version
-    Type::JSONB,       // attributes
-    Type::INT8,        // dropped_attributes_count
-    Type::INT8,        // dropped_events_count
-    Type::INT8,        // dropped_links_count
-    Type::JSONB,       // links
-    Type::INT4,        // event_count
-];
-
-/// Column types of `sql/copy_events.sql`, in its order.
-pub const EVENT_TYPES: [Type; 10] = [
-    Type::TEXT,        // tenant_id
-    Type::BYTEA,       // trace_id
-    Type::BYTEA,       // span_id
-    Type::TIMESTAMPTZ, // span_start_time
-    Type::INT4,        // event_index
-    Type::TIMESTAMPTZ, // time
-    Type::INT8,        // time_unix_nano
-    Type::TEXT,        // name
-    Type::JSONB,       // attributes
-    Type::INT8,        // dropped_attributes_count
-];
-
-/// Streams spans into the staging table of `stmt` (`sql/copy_spans.sql`);
-/// returns the rows copied.
+/// Streams spans into the table of `stmt` (`sql/copy_spans.sql` or
+/// `sql/spans_copy_direct.sql`); returns the rows copied.
 pub async fn copy_spans(tx: &Transaction<'_>, stmt: &Statement, spans: &[&SpanRow]) -> Result<u64> {
-    let sink = tx.copy_in(stmt).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &SPAN_TYPES));
-    for s in spans {
-        write_span(writer.as_mut(), s).await?;
-    }
-    Ok(writer.finish().await?)
+    copy_rows(tx, stmt, spans, |enc, s| encode_span(enc, s)).await
 }
 
-/// Streams events into the staging table of `stmt` (`sql/copy_events.sql`);
-/// returns the rows copied.
+/// Streams events into the table of `stmt` (`sql/copy_events.sql` or
+/// `sql/events_copy_direct.sql`); returns the rows copied.
 pub async fn copy_events(
     tx: &Transaction<'_>,
     stmt: &Statement,
     events: &[&SpanEventRow],
 ) -> Result<u64> {
-    let sink = tx.copy_in(stmt).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
-    for e in events {
-        write_event(writer.as_mut(), e).await?;
+    copy_rows(tx, stmt, events, |enc, e| encode_event(enc, e)).await
+}
+
+/// Runs the COPY of `stmt`, encoding each row with `encode` and sending the
+/// stream a chunk at a time; returns the rows PostgreSQL reports copied. On an
+/// error the sink is dropped unfinished, which aborts the COPY.
+///
+/// `encode` borrows each row: given rows that are references (`&SpanRow`) by
+/// value, rustc could not prove this future `Send` (its limitation with
+/// higher-ranked lifetimes), and the writers run in spawned tasks.
+pub(crate) async fn copy_rows<R>(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    rows: &[R],
+    encode: impl Fn(&mut CopyEncoder, &R) -> Result<()>,
+) -> Result<u64> {
+    let mut sink = pin!(tx.copy_in::<_, Bytes>(stmt).await?);
+    let mut enc = CopyEncoder::with_capacity(CHUNK_BYTES);
+    for row in rows {
+        encode(&mut enc, row)?;
+        if enc.buffered() >= CHUNK_BYTES {
+            sink.send(enc.take()).await?;
+        }
     }
-    Ok(writer.finish().await?)
+    sink.send(enc.finish()).await?;
+    Ok(sink.as_mut().finish().await?)
 }
 
-async fn write_span(writer: std::pin::Pin<&mut BinaryCopyInWriter>, s: &SpanRow) -> Result<()> {
-    let tenant_id: &str = &s.tenant_id;
-    let trace_id: &[u8] = &s.trace_id;
-    let span_id: &[u8] = &s.span_id;
-    let parent_span_id: Option<&[u8]> = s.parent_span_id.as_ref().map(|p| &p[..]);
-    let flags = i64::from(s.flags);
+/// Appends one span in the column order of `sql/copy_spans.sql`. A value
+/// that does not fit its column fails the call and leaves `enc` as it was.
+pub fn encode_span(enc: &mut CopyEncoder, s: &SpanRow) -> Result<()> {
     let kind = narrow::<i16, _>("span kind", s.kind)?;
-    let start_time = Timestamptz::from_unix_nano(s.start_unix_nano);
-    let end_time = Timestamptz::from_unix_nano(s.end_unix_nano);
-    let duration_ns = s.duration_ns();
     let status_code = narrow::<i16, _>("span status code", s.status_code)?;
-    let service_name: Option<&str> = s.service_name.as_deref();
-    let resource_attributes = Jsonb(&s.resource_attributes);
-    let scope_name: &str = &s.scope_name;
-    let scope_version: &str = &s.scope_version;
-    let attributes = Jsonb(&s.attributes);
-    let dropped_attributes = i64::from(s.dropped_attributes_count);
-    let dropped_events = i64::from(s.dropped_events_count);
-    let dropped_links = i64::from(s.dropped_links_count);
-    let links = Jsonb(&s.links);
     let event_count = narrow::<i32, _>("span event count", s.event_count)?;
-    let row: [&(dyn ToSql + Sync); 25] = [
-        &tenant_id,
-        &trace_id,
-        &span_id,
-        &parent_span_id,
-        &s.trace_state,
-        &flags,
-        &s.name,
-        &kind,
-        &start_time,
-        &end_time,
-        &s.start_unix_nano,
-        &s.end_unix_nano,
-        &duration_ns,
-        &status_code,
-        &s.status_message,
-        &service_name,
-        &resource_attributes,
-        &scope_name,
-        &scope_version,
-        &attributes,
-        &dropped_attributes,
-        &dropped_events,
-        &dropped_links,
-        &links,
-        &event_count,
-    ];
-    Ok(writer.write(&row).await?)
+    enc.row(SPAN_FIELDS, |r| {
+        r.text(&s.tenant_id)?;
+        r.bytea(&s.trace_id)?;
+        r.bytea(&s.span_id)?;
+        r.bytea_opt(s.parent_span_id.as_ref().map(|p| &p[..]))?;
+        r.text(&s.trace_state)?;
+        r.int8(i64::from(s.flags));
+        r.text(&s.name)?;
+        r.int2(kind);
+        r.timestamptz(Timestamptz::from_unix_nano(s.start_unix_nano));
+        r.timestamptz(Timestamptz::from_unix_nano(s.end_unix_nano));
+        r.int8(s.start_unix_nano);
+        r.int8(s.end_unix_nano);
+        r.int8(s.duration_ns());
+        r.int2(status_code);
+        r.text(&s.status_message)?;
+        r.text_opt(s.service_name.as_deref())?;
+        r.jsonb(&s.resource_attributes)?;
+        r.text(&s.scope_name)?;
+        r.text(&s.scope_version)?;
+        r.jsonb(&s.attributes)?;
+        r.int8(i64::from(s.dropped_attributes_count));
+        r.int8(i64::from(s.dropped_events_count));
+        r.int8(i64::from(s.dropped_links_count));
+        r.jsonb(&s.links)?;
+        r.int4(event_count);
+        Ok(())
+    })
 }
 
-async fn write_event(
-    writer: std::pin::Pin<&mut BinaryCopyInWriter>,
-    e: &SpanEventRow,
-) -> Result<()> {
-    let tenant_id: &str = &e.tenant_id;
-    let trace_id: &[u8] = &e.trace_id;
-    let span_id: &[u8] = &e.span_id;
-    let span_start_time = Timestamptz::from_unix_nano(e.span_start_unix_nano);
-    let time = Timestamptz::from_unix_nano(e.time_unix_nano);
-    let attributes = Jsonb(&e.attributes);
-    let dropped_attributes = i64::from(e.dropped_attributes_count);
-    let row: [&(dyn ToSql + Sync); 10] = [
-        &tenant_id,
-        &trace_id,
-        &span_id,
-        &span_start_time,
-        &e.event_index,
-        &time,
-        &e.time_unix_nano,
-        &e.name,
-        &attributes,
-        &dropped_attributes,
-    ];
-    Ok(writer.write(&row).await?)
+/// Appends one span event in the column order of `sql/copy_events.sql`.
+pub fn encode_event(enc: &mut CopyEncoder, e: &SpanEventRow) -> Result<()> {
+    enc.row(EVENT_FIELDS, |r| {
+        r.text(&e.tenant_id)?;
+        r.bytea(&e.trace_id)?;
+        r.bytea(&e.span_id)?;
+        r.timestamptz(Timestamptz::from_unix_nano(e.span_start_unix_nano));
+        r.int4(e.event_index);
+        r.timestamptz(Timestamptz::from_unix_nano(e.time_unix_nano));
+        r.int8(e.time_unix_nano);
+        r.text(&e.name)?;
+        r.jsonb(&e.attributes)?;
+        r.int8(i64::from(e.dropped_attributes_count));
+        Ok(())
+    })
 }
 
 /// Fits a value into a narrower column type. A value that does not fit is
@@ -242,41 +144,162 @@ where
     })
 }
 
+/// Reads a binary COPY stream back into rows of fields, for tests that check
+/// what the encoders wrote.
+#[cfg(test)]
+pub(crate) mod read_back {
+    pub type Field = Option<Vec<u8>>;
+
+    pub fn rows(stream: &[u8]) -> Vec<Vec<Field>> {
+        use bytes::Buf;
+
+        let mut rest = &stream[super::encode::HEADER_LEN..];
+        let mut rows = Vec::new();
+        loop {
+            let fields = rest.get_i16();
+            if fields == -1 {
+                break;
+            }
+            let row = (0..fields)
+                .map(|_| {
+                    let len = usize::try_from(rest.get_i32()).ok()?;
+                    let (value, tail) = rest.split_at(len);
+                    rest = tail;
+                    Some(value.to_vec())
+                })
+                .collect();
+            rows.push(row);
+        }
+        assert!(rest.is_empty(), "bytes after the trailer");
+        rows
+    }
+
+    /// The columns a `COPY table (a, b, ...) FROM STDIN` statement lists.
+    pub fn columns(sql: &str) -> Vec<String> {
+        let copy = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let open = copy.find('(').expect("a column list");
+        let close = copy.find(')').expect("a column list");
+        copy[open + 1..close]
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::read_back::{columns, rows};
     use super::*;
 
-    fn encode(v: &dyn ToSql, ty: &Type) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        v.to_sql_checked(ty, &mut buf).unwrap();
-        buf.to_vec()
+    fn span() -> SpanRow {
+        SpanRow {
+            tenant_id: Arc::from("acme"),
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            trace_state: "k=v".into(),
+            flags: 1,
+            name: "GET /".into(),
+            kind: 2,
+            start_unix_nano: 946_684_800_000_001_000,
+            end_unix_nano: 946_684_800_000_003_500,
+            status_code: 2,
+            status_message: String::new(),
+            service_name: Some(Arc::from("svc")),
+            resource_attributes: Arc::from("{}"),
+            scope_name: Arc::from("lib"),
+            scope_version: Arc::from(""),
+            attributes: r#"{"a":1}"#.into(),
+            dropped_attributes_count: 3,
+            dropped_events_count: 4,
+            dropped_links_count: 5,
+            links: "[]".into(),
+            link_count: 0,
+            event_count: 6,
+        }
+    }
+
+    fn event() -> SpanEventRow {
+        SpanEventRow {
+            tenant_id: Arc::from("acme"),
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            span_start_unix_nano: 946_684_800_000_001_000,
+            event_index: 7,
+            time_unix_nano: 946_684_800_000_002_000,
+            name: "boom".into(),
+            attributes: "{}".into(),
+            dropped_attributes_count: 8,
+        }
+    }
+
+    fn one_row(encode: impl FnOnce(&mut CopyEncoder) -> Result<()>) -> Vec<Option<Vec<u8>>> {
+        let mut enc = CopyEncoder::new();
+        encode(&mut enc).unwrap();
+        let mut all = rows(&enc.finish());
+        assert_eq!(all.len(), 1);
+        all.remove(0)
+    }
+
+    fn some(bytes: &[u8]) -> Option<Vec<u8>> {
+        Some(bytes.to_vec())
     }
 
     #[test]
-    fn jsonb_is_version_byte_then_text() {
-        assert_eq!(encode(&Jsonb(r#"{"a":1}"#), &Type::JSONB), b"\x01{\"a\":1}");
-        let mut buf = BytesMut::new();
-        assert!(Jsonb("{}").to_sql_checked(&Type::JSON, &mut buf).is_err());
+    fn a_span_is_written_in_the_column_order_of_its_copy_statements() {
+        let row = one_row(|enc| encode_span(enc, &span()));
+        for sql in [
+            include_str!("../../sql/copy_spans.sql"),
+            include_str!("../../sql/spans_copy_direct.sql"),
+        ] {
+            assert_eq!(columns(sql).len(), row.len());
+            assert_eq!(row.len(), usize::try_from(SPAN_FIELDS).unwrap());
+        }
+        let names = columns(include_str!("../../sql/copy_spans.sql"));
+        let field = |name: &str| &row[names.iter().position(|c| c == name).unwrap()];
+        assert_eq!(field("tenant_id"), &some(b"acme"));
+        assert_eq!(field("span_id"), &some(&[2; 8]));
+        assert_eq!(field("parent_span_id"), &None);
+        assert_eq!(field("flags"), &some(&1_i64.to_be_bytes()));
+        assert_eq!(field("kind"), &some(&2_i16.to_be_bytes()));
+        assert_eq!(field("start_time"), &some(&1_i64.to_be_bytes()));
+        assert_eq!(field("end_time"), &some(&3_i64.to_be_bytes()));
+        assert_eq!(field("duration_ns"), &some(&2_500_i64.to_be_bytes()));
+        assert_eq!(field("status_message"), &some(b""));
+        assert_eq!(field("service_name"), &some(b"svc"));
+        assert_eq!(field("attributes"), &some(b"\x01{\"a\":1}"));
+        assert_eq!(field("dropped_links_count"), &some(&5_i64.to_be_bytes()));
+        assert_eq!(field("links"), &some(b"\x01[]"));
+        assert_eq!(field("event_count"), &some(&6_i32.to_be_bytes()));
     }
 
     #[test]
-    fn timestamps_round_down_to_the_microsecond() {
-        assert_eq!(Timestamptz::from_unix_nano(946_684_800_000_000_000).0, 0);
-        assert_eq!(Timestamptz::from_unix_nano(1_999).unix_micros(), 1);
-        // Before 1970, down means further into the past, not toward zero.
-        assert_eq!(Timestamptz::from_unix_nano(-1).unix_micros(), -1);
-        assert_eq!(Timestamptz::from_unix_nano(-1_000).unix_micros(), -1);
-        assert_eq!(Timestamptz::from_unix_nano(-1_001).unix_micros(), -2);
+    fn an_event_is_written_in_the_column_order_of_its_copy_statements() {
+        let row = one_row(|enc| encode_event(enc, &event()));
+        for sql in [
+            include_str!("../../sql/copy_events.sql"),
+            include_str!("../../sql/events_copy_direct.sql"),
+        ] {
+            assert_eq!(columns(sql).len(), row.len());
+            assert_eq!(row.len(), usize::try_from(EVENT_FIELDS).unwrap());
+        }
+        let names = columns(include_str!("../../sql/copy_events.sql"));
+        let field = |name: &str| &row[names.iter().position(|c| c == name).unwrap()];
+        assert_eq!(field("span_start_time"), &some(&1_i64.to_be_bytes()));
+        assert_eq!(field("event_index"), &some(&7_i32.to_be_bytes()));
+        assert_eq!(field("time"), &some(&2_i64.to_be_bytes()));
+        assert_eq!(field("name"), &some(b"boom"));
+        assert_eq!(field("attributes"), &some(b"\x01{}"));
         assert_eq!(
-            encode(
-                &Timestamptz::from_unix_nano(946_684_800_000_001_000),
-                &Type::TIMESTAMPTZ
-            ),
-            1_i64.to_be_bytes()
+            field("dropped_attributes_count"),
+            &some(&8_i64.to_be_bytes())
         );
-        // The extremes of i64 nanoseconds stay representable.
-        let _ = Timestamptz::from_unix_nano(i64::MIN).unix_micros();
-        let _ = Timestamptz::from_unix_nano(i64::MAX).unix_micros();
     }
 
     #[test]
@@ -285,5 +308,29 @@ mod tests {
         let err = narrow::<i16, i32>("kind", 70_000).unwrap_err();
         assert_eq!(err.reason(), Some(Reason::PgDataException));
         assert!(narrow::<i32, u32>("count", u32::MAX).is_err());
+    }
+
+    #[test]
+    fn a_span_out_of_range_is_refused_before_a_byte_is_written() {
+        let mut enc = CopyEncoder::new();
+        let before = enc.buffered();
+        for bad in [
+            SpanRow {
+                kind: 70_000,
+                ..span()
+            },
+            SpanRow {
+                status_code: -40_000,
+                ..span()
+            },
+            SpanRow {
+                event_count: u32::MAX,
+                ..span()
+            },
+        ] {
+            let err = encode_span(&mut enc, &bad).unwrap_err();
+            assert_eq!(err.reason(), Some(Reason::PgDataException));
+            assert_eq!(enc.buffered(), before);
+        }
     }
 }

@@ -7,16 +7,13 @@
 //! lowest span id. A test keeps the two upserts' `DO UPDATE` the same.
 
 use std::collections::HashMap;
-use std::pin::pin;
 use std::sync::Arc;
 
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Statement, Transaction};
 
 use crate::error::Result;
 use crate::model::SpanRow;
-use crate::pg::copy::Timestamptz;
+use crate::pg::copy::{self, CopyEncoder, Timestamptz};
 
 const STATUS_ERROR: i32 = 2;
 
@@ -80,52 +77,33 @@ pub fn fold<'a>(spans: impl IntoIterator<Item = &'a SpanRow>) -> Vec<TraceRow> {
     rows
 }
 
-/// Column types of `sql/traces_copy_stage.sql`, in its order.
-const TRACE_TYPES: [Type; 11] = [
-    Type::TEXT,        // tenant_id
-    Type::BYTEA,       // trace_id
-    Type::TIMESTAMPTZ, // first_start_time
-    Type::TIMESTAMPTZ, // last_end_time
-    Type::INT8,        // span_count
-    Type::INT8,        // error_count
-    Type::TEXT,        // root_service_name
-    Type::TEXT,        // root_span_name
-    Type::BYTEA,       // root_span_id
-    Type::INT8,        // root_start_unix_nano
-    Type::TIMESTAMPTZ, // updated_at (the upsert writes now())
-];
+/// Fields of a row of `sql/traces_copy_stage.sql` and `sql/bench_copy_traces.sql`.
+pub const TRACE_FIELDS: i16 = 11;
 
 /// Streams trace rows into the table of `stmt`; returns the rows copied.
 pub async fn copy_traces(tx: &Transaction<'_>, stmt: &Statement, rows: &[TraceRow]) -> Result<u64> {
-    let sink = tx.copy_in(stmt).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &TRACE_TYPES));
     let now = Timestamptz::from_unix_nano(crate::clock::now_millis().saturating_mul(1_000_000));
-    for t in rows {
-        let tenant: &str = &t.tenant_id;
-        let trace: &[u8] = &t.trace_id;
-        let first = Timestamptz::from_unix_nano(t.first_start);
-        let last = Timestamptz::from_unix_nano(t.last_end);
-        let root = t.root.as_ref();
-        let service: Option<&str> = root.and_then(|r| r.service.as_deref());
-        let name: Option<&str> = root.map(|r| r.name.as_str());
-        let span: Option<&[u8]> = root.map(|r| &r.span_id[..]);
-        let start: Option<i64> = root.map(|r| r.start);
-        let row: [&(dyn ToSql + Sync); 11] = [
-            &tenant,
-            &trace,
-            &first,
-            &last,
-            &t.span_count,
-            &t.error_count,
-            &service,
-            &name,
-            &span,
-            &start,
-            &now,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    Ok(writer.finish().await?)
+    copy::copy_rows(tx, stmt, rows, |enc, t| encode_trace(enc, t, now)).await
+}
+
+/// Appends one trace in the column order of `sql/traces_copy_stage.sql`;
+/// `updated_at` is `now` (the upsert writes its own `now()`).
+pub fn encode_trace(enc: &mut CopyEncoder, t: &TraceRow, now: Timestamptz) -> Result<()> {
+    let root = t.root.as_ref();
+    enc.row(TRACE_FIELDS, |r| {
+        r.text(&t.tenant_id)?;
+        r.bytea(&t.trace_id)?;
+        r.timestamptz(Timestamptz::from_unix_nano(t.first_start));
+        r.timestamptz(Timestamptz::from_unix_nano(t.last_end));
+        r.int8(t.span_count);
+        r.int8(t.error_count);
+        r.text_opt(root.and_then(|r| r.service.as_deref()))?;
+        r.text_opt(root.map(|r| r.name.as_str()))?;
+        r.bytea_opt(root.map(|r| &r.span_id[..]))?;
+        r.int8_opt(root.map(|r| r.start));
+        r.timestamptz(now);
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -176,6 +154,39 @@ mod tests {
         let root = one.root.as_ref().unwrap();
         assert_eq!((root.span_id, root.name.as_str()), ([3; 8], "s3"));
         assert_eq!(rows[1].root, None, "a trace without a root span here");
+    }
+
+    #[test]
+    fn a_trace_is_written_in_the_column_order_of_its_copy_statements() {
+        let rows = fold(&[span(1, 3, None, 100, 2), span(2, 1, Some(7), 10, 0)]);
+        let now = Timestamptz::from_unix_nano(946_684_800_000_009_000);
+        let mut enc = CopyEncoder::new();
+        for t in &rows {
+            encode_trace(&mut enc, t, now).unwrap();
+        }
+        let written = copy::read_back::rows(&enc.finish());
+        let names = copy::read_back::columns(include_str!("../../sql/traces_copy_stage.sql"));
+        assert_eq!(
+            copy::read_back::columns(include_str!("../../sql/bench_copy_traces.sql")),
+            names
+        );
+        assert_eq!(names.len(), usize::try_from(TRACE_FIELDS).unwrap());
+        let field = |row: usize, name: &str| {
+            written[row][names.iter().position(|c| c == name).unwrap()].clone()
+        };
+        assert_eq!(field(0, "span_count"), Some(1_i64.to_be_bytes().to_vec()));
+        assert_eq!(field(0, "root_span_name"), Some(b"s3".to_vec()));
+        assert_eq!(field(0, "root_span_id"), Some(vec![3; 8]));
+        assert_eq!(field(0, "updated_at"), Some(9_i64.to_be_bytes().to_vec()));
+        for rootless in [
+            "root_service_name",
+            "root_span_name",
+            "root_span_id",
+            "root_start_unix_nano",
+        ] {
+            assert_eq!(field(1, rootless), None);
+        }
+        assert!(written.iter().all(|row| row.len() == names.len()));
     }
 
     /// Both write paths fold traces by the same `DO UPDATE`: a replayed trace
