@@ -137,7 +137,7 @@ pub struct IngestArgs {
     pub batch_linger: Duration,
     /// Memory budget for messages fetched but not yet committed, across all partitions:
     /// librdkafka's prefetch, batches being built and written, and what they decode to.
-    /// Partitions take turns at fetching, one turn per 16 MiB of it (see Memory in the README).
+    /// Partitions take turns at fetching, one turn per 8 MiB of it (see Memory in the README).
     #[arg(long, env = "SPANSINK_MAX_INFLIGHT_BYTES", default_value_t = 64 << 20)]
     pub max_inflight_bytes: usize,
     /// Messages larger than this are refused.

@@ -254,7 +254,7 @@ pub const DESCRIBED: &[Described] = &[
         name: FETCH_SLOTS,
         kind: Kind::Gauge,
         unit: Unit::Count,
-        help: "Partitions that may fetch and build batches at once: one per 16 MiB of --max-inflight-bytes.",
+        help: "Partitions that may fetch and build batches at once: one per 8 MiB of --max-inflight-bytes.",
     },
     Described {
         name: PARTITION_PAUSED,

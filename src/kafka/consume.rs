@@ -315,8 +315,8 @@ mod tests {
             Prefetch {
                 queue_bytes: 1 << 20,
                 fetch_bytes: 1 << 20,
-                response_bytes: 4 << 20,
-                slots: 4,
+                response_bytes: 8 << 20,
+                slots: 8,
             }
         );
         let c = consumer_config(&args(&[]), "g", &prefetch, 16 << 20);
@@ -328,7 +328,7 @@ mod tests {
         );
         assert_eq!(
             c.get("receive.message.max.bytes"),
-            Some(&*((36usize << 20) + 512).to_string()),
+            Some(&*((40usize << 20) + 512).to_string()),
             "a full fetch and a batch of twice the largest message, whatever the budget"
         );
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
@@ -349,7 +349,7 @@ mod tests {
             );
         }
         assert_eq!(Prefetch::within(1 << 20).slots, 1);
-        assert_eq!(Prefetch::within(1 << 30).slots, 64);
+        assert_eq!(Prefetch::within(1 << 30).slots, 128);
     }
 
     #[test]

@@ -190,6 +190,10 @@ impl ConsumerContext for Context {
                     // that did not take would leave partitions unconsumed without a word.
                     tracing::error!(error = %e, "incremental assign failed");
                     self.fail(Error::Kafka(e));
+                } else if let Err(e) = base.pause(tpl) {
+                    // Each partition fetches once its worker has a fetch slot;
+                    // unpaused, all would prefetch at once, past the budget.
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

@@ -161,13 +161,9 @@ impl PartitionWorker {
     pub async fn run(mut self) {
         let shared = Arc::clone(&self.shared);
         let _alive = shared.live.enter(&self.topic, self.partition);
-        // A worker that ended paused would leave the partition paused: assignment
-        // clears only librdkafka's own pause, not the application's.
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, self.partition);
-        if let Err(e) = self.consumer.resume(&tpl) {
-            tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, "cannot resume the assigned partition");
-        }
+        // Assignment leaves the partition paused ([`crate::kafka::rebalance`]);
+        // it fetches once this worker has a fetch slot.
+        self.set_paused(true);
         loop {
             // Asked before fetching: a probe is a batch of one message. Fetching
             // starts once the partition holds a fetch slot.
@@ -180,7 +176,10 @@ impl PartitionWorker {
             }
             let batch = self.collect(&limits).await;
             if !batch.is_empty() {
-                if let Flow::Stop = self.process(batch, probe).await {
+                let flow = self.process(batch, probe).await;
+                // The batch, and the budget it held, is gone.
+                self.shared.budget.record();
+                if let Flow::Stop = flow {
                     break;
                 }
                 self.end_turn_if_others_wait(SLOT_TURN);
@@ -223,7 +222,10 @@ impl PartitionWorker {
     /// and this one has had it for `turn`: slots go round, so every partition
     /// fetches however many there are. The next [`Self::fetch`] queues again.
     fn end_turn_if_others_wait(&mut self, turn: Duration) {
+        // A carried message was taken from librdkafka's queue: it stays this
+        // partition's, with its turn, until it is in a batch.
         if self.slot.is_some()
+            && self.carry.is_none()
             && self.slot_since.elapsed() >= turn
             && self.shared.fetch_slots.contended()
         {

@@ -124,23 +124,21 @@ impl PartitionWorker {
         permit
     }
 
-    /// Waits for budget with fetching paused, so that librdkafka stops fetching
-    /// this partition while the main queue keeps being polled.
+    /// Waits for budget, holding nothing else of it, and keeping its fetch
+    /// slot: what librdkafka prefetches meanwhile is the slot's, already
+    /// counted. Giving the slot up instead would let a partition wait for a
+    /// turn while holding budget, and the turns starve the batches.
     pub(super) async fn reserve_blocking(&mut self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         if let Some(p) = self.try_reserve(bytes) {
             return Some(p);
         }
         let budget = Arc::clone(&self.shared);
         let n = budget.budget.permits_for(bytes);
-        self.set_paused(true);
         let permit = tokio::select! {
             p = budget.budget.semaphore.clone().acquire_many_owned(n) => p.ok(),
             _ = self.stop.cancelled() => None,
         };
         budget.budget.record();
-        if permit.is_some() && !self.fetch().await {
-            return None;
-        }
         permit
     }
 
