@@ -128,9 +128,13 @@ impl Coordinator {
 
     async fn handle(&mut self, event: RebalanceEvent) {
         match event {
-            RebalanceEvent::Assign { partitions, reply } => {
+            RebalanceEvent::Assign {
+                partitions,
+                reply,
+                assigned,
+            } => {
                 self.health.set_joined();
-                if let Some(offsets) = self.assign(&partitions).await {
+                if let Some(offsets) = self.assign(&partitions, &assigned).await {
                     // The callback may be gone if the group moved on; nothing to undo.
                     let _ = reply.send(offsets);
                 }
@@ -149,7 +153,11 @@ impl Coordinator {
 
     /// Starting → Consuming for each partition. `None` when asked to stop
     /// before the offsets could be read: nothing is started.
-    async fn assign(&mut self, partitions: &[TopicPartition]) -> Option<Vec<Option<i64>>> {
+    async fn assign(
+        &mut self,
+        partitions: &[TopicPartition],
+        assigned: &CancellationToken,
+    ) -> Option<Vec<Option<i64>>> {
         let leftovers: Vec<TopicPartition> = partitions
             .iter()
             .filter(|tp| self.running.contains_key(*tp))
@@ -166,13 +174,19 @@ impl Coordinator {
         }
         let stored = self.read_offsets(partitions).await?;
         for ((topic, partition), offset) in partitions.iter().zip(&stored) {
-            self.start(topic, *partition, *offset);
+            self.start(topic, *partition, *offset, assigned);
         }
         metrics::gauge!(metric::ASSIGNED_PARTITIONS).set(self.running.len() as f64);
         Some(stored)
     }
 
-    fn start(&mut self, topic: &str, partition: i32, stored: Option<i64>) {
+    fn start(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        stored: Option<i64>,
+        assigned: &CancellationToken,
+    ) {
         let Some(encoding) = self.topics.get(topic).copied() else {
             tracing::error!(topic, "assigned a topic that was not subscribed");
             return;
@@ -204,6 +218,7 @@ impl Coordinator {
                 stored,
                 owned: owned.clone(),
                 stop: stop.clone(),
+                assigned: assigned.clone(),
             },
         );
         let task = tokio::spawn(worker.run());

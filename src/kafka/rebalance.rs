@@ -19,6 +19,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Class, Error};
 use crate::health::Health;
@@ -37,6 +38,9 @@ pub enum RebalanceEvent {
     Assign {
         partitions: Vec<TopicPartition>,
         reply: SyncSender<Vec<Option<i64>>>,
+        /// Cancelled once librdkafka holds the assignment, paused: before
+        /// that a worker's pause or resume would not take.
+        assigned: CancellationToken,
     },
     /// These partitions are being revoked; `lost` when the group already gave
     /// them to another member (nothing may be committed for them). Drop
@@ -81,7 +85,7 @@ impl Context {
     }
 
     /// Sends the assignment and waits for the start offsets.
-    fn assign(&self, tpl: &mut TopicPartitionList) {
+    fn assign(&self, tpl: &mut TopicPartitionList, assigned: &CancellationToken) {
         let partitions = partitions_of(tpl);
         let (reply, answer) = sync_channel(1);
         let Some(events) = &self.events else { return };
@@ -89,6 +93,7 @@ impl Context {
             .send(RebalanceEvent::Assign {
                 partitions: partitions.clone(),
                 reply,
+                assigned: assigned.clone(),
             })
             .is_err()
         {
@@ -184,7 +189,10 @@ impl ConsumerContext for Context {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 metrics::counter!(metric::REBALANCES, "kind" => "assign").increment(1);
-                self.assign(tpl);
+                let assigned = CancellationToken::new();
+                // Whatever happens below, the workers go on (or stop with the process).
+                let _assigned = assigned.clone().drop_guard();
+                self.assign(tpl, &assigned);
                 if let Err(e) = base.incremental_assign(tpl) {
                     // librdkafka's default rebalance ignores this error; an assignment
                     // that did not take would leave partitions unconsumed without a word.

@@ -106,6 +106,8 @@ pub struct Assigned {
     pub stored: Option<i64>,
     pub owned: Ownership,
     pub stop: CancellationToken,
+    /// Cancelled once librdkafka holds the assignment (paused).
+    pub assigned: CancellationToken,
 }
 
 enum Flow {
@@ -124,6 +126,7 @@ pub struct PartitionWorker {
     /// The partition's offset in PostgreSQL as this worker last read or wrote it.
     expected: Option<i64>,
     stop: CancellationToken,
+    assigned: CancellationToken,
     /// A message received while the budget was exhausted, held for the next batch.
     carry: Option<Received>,
     paused: bool,
@@ -150,6 +153,7 @@ impl PartitionWorker {
             owned: assigned.owned,
             expected: assigned.stored,
             stop: assigned.stop,
+            assigned: assigned.assigned,
             carry: None,
             paused: false,
             slot: None,
@@ -163,6 +167,10 @@ impl PartitionWorker {
         let _alive = shared.live.enter(&self.topic, self.partition);
         // Assignment leaves the partition paused ([`crate::kafka::rebalance`]);
         // it fetches once this worker has a fetch slot.
+        tokio::select! {
+            _ = self.assigned.cancelled() => {}
+            _ = self.stop.cancelled() => {}
+        }
         self.set_paused(true);
         loop {
             // Asked before fetching: a probe is a batch of one message. Fetching
