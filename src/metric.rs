@@ -545,6 +545,9 @@ fn init_process() {
     for kind in ["assign", "revoke", "lost"] {
         metrics::counter!(REBALANCES, "kind" => kind).increment(0);
     }
+    for path in ["direct", "staged"] {
+        metrics::counter!(BATCH_WRITE_PATH, "path" => path).increment(0);
+    }
     for name in [
         ASSIGNED_PARTITIONS,
         PAUSED_PARTITIONS,

@@ -336,8 +336,7 @@ async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget
     let peaks = std::sync::Mutex::new([0.0f64; 3]);
     wait_for("the backlog stored", Duration::from_secs(120), || async {
         let scraped = instance.scrape().await;
-        let mut p = peaks.lock().expect("peaks");
-        for (peak, name) in p.iter_mut().zip([
+        for (peak, name) in peaks.lock().expect("peaks").iter_mut().zip([
             "spansink_inflight_bytes",
             "spansink_fetching_partitions",
             "spansink_paused_partitions",

@@ -35,7 +35,7 @@ const MAX_RECEIVE_BYTES: usize = 2_147_483_647;
 /// partition and is fixed when the consumer is created, whatever the number
 /// of partitions assigned later. So a partition fetches, and builds batches,
 /// only during its turn: `slots` partitions at once, the others paused
-/// ([`crate::worker::FetchSlots`]). One partition's prefetch is small (a full
+/// (the workers' fetch slots). One partition's prefetch is small (a full
 /// queue plus one more fetch on top of it); the rest of the budget goes to
 /// batches. Few turns at a time also keep batches large: a budget shared by
 /// every assigned partition at once would make many small ones.

@@ -42,6 +42,10 @@ struct PartitionLag {
     fetch_position: Option<i64>,
     /// Since when the worker has been waiting for a message with nothing in hand.
     idle_since: Option<Instant>,
+    /// Such waiting in earlier fetch turns, since the last message: a
+    /// partition that takes turns at fetching is stuck after as much waiting
+    /// in all as one that fetches all along.
+    idle_banked: Duration,
     /// What PostgreSQL holds: the next offset to consume.
     next: Option<i64>,
     /// Kafka timestamp of the oldest message fetched and not yet committed.
@@ -95,9 +99,36 @@ impl Lag {
     pub fn idle(&self, topic: &str, partition: i32, idle: bool) {
         self.with(topic, partition, |p| match (idle, p.idle_since) {
             (true, None) => p.idle_since = Some(Instant::now()),
-            (false, Some(_)) => p.idle_since = None,
+            (false, _) => {
+                p.idle_since = None;
+                p.idle_banked = Duration::ZERO;
+            }
             _ => {}
         });
+    }
+
+    /// The worker gave its fetch turn up: waiting for the next one is not
+    /// waiting for a fetch, so the idle clock stops, keeping what it counted.
+    pub fn turn_over(&self, topic: &str, partition: i32) {
+        self.with(topic, partition, |p| {
+            if let Some(since) = p.idle_since.take() {
+                p.idle_banked += since.elapsed();
+            }
+        });
+    }
+
+    /// Whether the partition holds messages beyond what PostgreSQL has; true
+    /// while its end is not known yet.
+    pub fn lagging(&self, topic: &str, partition: i32) -> bool {
+        let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&(topic.to_string(), partition)) {
+            Some(p) => match (p.end, p.next) {
+                (Some(end), Some(next)) => end > next,
+                (Some(end), None) => end > 0,
+                (None, _) => true,
+            },
+            None => true,
+        }
     }
 
     /// The partitions this instance tracks.
@@ -112,7 +143,11 @@ impl Lag {
         let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
             .filter_map(|(tp, p)| {
-                let waited = p.idle_since?.elapsed() >= self.stuck_after;
+                let waiting = p.idle_since.map(|t| t.elapsed());
+                if waiting.is_none() && p.idle_banked.is_zero() {
+                    return None;
+                }
+                let waited = p.idle_banked + waiting.unwrap_or_default() >= self.stuck_after;
                 let position = p.fetch_position.or(p.next)?;
                 (waited && p.end? > position).then(|| (tp.clone(), position))
             })
@@ -244,6 +279,31 @@ mod tests {
         lag.set_fetch_position("t", 0, 5);
         lag.idle("t", 0, false);
         assert!(lag.stuck().is_empty());
+    }
+
+    #[test]
+    fn waiting_in_fetch_turns_adds_up_and_waiting_for_a_turn_does_not() {
+        let lag = Lag::default();
+        lag.assigned("t", 0, Some(5));
+        lag.set_end("t", 0, 9);
+        lag.set_fetch_position("t", 0, 5);
+        assert!(lag.lagging("t", 0));
+        let half = STUCK_AFTER / 2 + Duration::from_millis(1);
+        for _ in 0..2 {
+            lag.idle("t", 0, true);
+            assert!(lag.stuck().is_empty(), "not yet");
+            lag.with("t", 0, |p| p.idle_since = Instant::now().checked_sub(half));
+            // The turn goes to another partition; the clock stops, keeping its count.
+            lag.turn_over("t", 0);
+            lag.with("t", 0, |p| assert!(p.idle_since.is_none()));
+        }
+        assert_eq!(lag.stuck(), vec![(("t".to_string(), 0), 5)]);
+        // A message arrived: the count starts again.
+        lag.idle("t", 0, false);
+        assert!(lag.stuck().is_empty());
+        // Nothing beyond what PostgreSQL holds: not lagging.
+        lag.record_commit("t", 0, 9, None);
+        assert!(!lag.lagging("t", 0));
     }
 
     #[test]

@@ -60,8 +60,14 @@ const KNOWN_GAP: i64 = 2;
 const SLOT_TURN: Duration = Duration::from_secs(2);
 
 /// How long a partition may receive nothing before it counts as idle and
-/// lets a waiting one fetch: several fetch round trips.
+/// lets a waiting one fetch, when it has nothing left to fetch (or holds a
+/// batch it can write now): several local fetch round trips.
 const IDLE_TURN: Duration = Duration::from_millis(50);
+
+/// How long a partition that has messages left to fetch waits for one
+/// before it lets a waiting one fetch: past a broker's long poll
+/// (`fetch.wait.max.ms`) and a slow round trip.
+const FETCH_TURN: Duration = Duration::from_secs(1);
 
 /// How a worker decodes and batches.
 #[derive(Debug, Clone)]
@@ -134,6 +140,8 @@ pub struct PartitionWorker {
     slot: Option<FetchSlot>,
     /// When the slot was taken: a holder gives it up after a turn if others wait.
     slot_since: Instant,
+    /// When the turn began or the last message arrived, whichever is later.
+    quiet_since: Instant,
     labels: [(&'static str, String); 2],
 }
 
@@ -158,6 +166,7 @@ impl PartitionWorker {
             paused: false,
             slot: None,
             slot_since: Instant::now(),
+            quiet_since: Instant::now(),
             labels,
         }
     }
@@ -209,8 +218,7 @@ impl PartitionWorker {
                 Some(slot) => slot,
                 None => {
                     self.set_paused(true);
-                    // Waiting for a turn is not waiting for a fetch: never stuck.
-                    self.shared.lag.idle(&self.topic, self.partition, false);
+                    self.shared.lag.turn_over(&self.topic, self.partition);
                     let taken = tokio::select! {
                         slot = slots.fetch_slots.take() => slot,
                         _ = self.stop.cancelled() => None,
@@ -221,6 +229,7 @@ impl PartitionWorker {
             };
             self.slot = Some(slot);
             self.slot_since = Instant::now();
+            self.quiet_since = self.slot_since;
         }
         self.set_paused(false);
         true
@@ -238,6 +247,19 @@ impl PartitionWorker {
             && self.shared.fetch_slots.contended()
         {
             self.set_paused(true);
+        }
+    }
+
+    /// With nothing in hand and nothing received for a while, the turn goes
+    /// to a waiting partition: soon when this one has nothing left to fetch,
+    /// later when a fetch may still be on its way.
+    fn end_idle_turn_if_others_wait(&mut self) {
+        let quiet = self.quiet_since.elapsed();
+        if quiet < IDLE_TURN || !self.shared.fetch_slots.contended() {
+            return;
+        }
+        if quiet >= FETCH_TURN || !self.shared.lag.lagging(&self.topic, self.partition) {
+            self.end_turn_if_others_wait(Duration::ZERO);
         }
     }
 

@@ -33,7 +33,7 @@ impl PartitionWorker {
                             break;
                         }
                     } else {
-                        self.end_turn_if_others_wait(IDLE_TURN);
+                        self.end_idle_turn_if_others_wait();
                         if !self.fetch().await {
                             break;
                         }
@@ -42,6 +42,7 @@ impl PartitionWorker {
                 }
                 received = self.queue.recv() => match received {
                     Ok(msg) => {
+                        self.quiet_since = Instant::now();
                         self.shared.lag.idle(&self.topic, self.partition, false);
                         self.admit(&msg)
                     }
