@@ -7,13 +7,13 @@
 //! chunked as `copy_spans` and `copy_events` chunk them, so the figures include
 //! handing a chunk over, not the network or PostgreSQL.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use spansink::cmd::loadgen::encode;
 use spansink::decode::{self, Encoding};
-use spansink::loadgen::{Generator, TrafficSpec};
 use spansink::model::{SpanEventRow, SpanRow};
 use spansink::pg::copy::{self, CopyEncoder};
 
@@ -21,28 +21,19 @@ use spansink::pg::copy::{self, CopyEncoder};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SPANS_PER_MESSAGE: usize = 100;
-const MESSAGES: usize = 50;
-
 fn rows() -> (Vec<SpanRow>, Vec<SpanEventRow>) {
-    let mut generator = Generator::new(TrafficSpec {
-        tenants: "acme:1".parse().expect("tenants"),
-        spans_per_message: SPANS_PER_MESSAGE,
-        seed: 1,
-        run_id: "bench".into(),
-        error_ratio: 0.05,
-    });
     let tenant: Arc<str> = Arc::from("acme");
-    let limits = spansink::config::run_defaults()
-        .expect("defaults")
-        .ingest
-        .limits();
+    let limits = common::limits();
     let (mut spans, mut events) = (Vec::new(), Vec::new());
-    for _ in 0..MESSAGES {
-        let now = SystemTime::now();
-        let payload = encode(Encoding::OtlpProto, &generator.next_message(now).request);
-        let rows = decode::decode_traces(&payload, Encoding::OtlpProto, &tenant, &limits, now)
-            .expect("loadgen's messages decode");
+    for payload in common::payloads(Encoding::OtlpProto) {
+        let rows = decode::decode_traces(
+            &payload,
+            Encoding::OtlpProto,
+            &tenant,
+            &limits,
+            SystemTime::now(),
+        )
+        .expect("loadgen's messages decode");
         spans.extend(rows.spans);
         events.extend(rows.events);
     }

@@ -5,40 +5,18 @@
 //! "elements"), for `otlp_proto` and `otlp_json` messages of 100 spans built
 //! by loadgen.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use common::{limits, payloads, MESSAGES, SPANS_PER_MESSAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use spansink::cmd::loadgen::encode;
 use spansink::decode::{self, Encoding};
-use spansink::loadgen::{Generator, TrafficSpec};
 
 /// The allocator the binary uses (see `src/main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const SPANS_PER_MESSAGE: usize = 100;
-const MESSAGES: usize = 50;
-
-fn payloads(encoding: Encoding) -> Vec<Vec<u8>> {
-    let mut generator = Generator::new(TrafficSpec {
-        tenants: "acme:1".parse().expect("tenants"),
-        spans_per_message: SPANS_PER_MESSAGE,
-        seed: 1,
-        run_id: "bench".into(),
-        error_ratio: 0.05,
-    });
-    (0..MESSAGES)
-        .map(|_| encode(encoding, &generator.next_message(SystemTime::now()).request))
-        .collect()
-}
-
-fn limits() -> decode::Limits {
-    spansink::config::run_defaults()
-        .expect("defaults")
-        .ingest
-        .limits()
-}
 
 fn decode_to_rows(c: &mut Criterion) {
     let tenant: Arc<str> = Arc::from("acme");

@@ -39,6 +39,37 @@ pub struct SpanRow {
 }
 
 impl SpanRow {
+    /// A root span with nothing but its identity and a 1 ns extent, for tests
+    /// to adjust with struct update syntax.
+    #[cfg(test)]
+    pub(crate) fn bare(tenant: &str, trace_id: [u8; 16], id: u8, start: i64) -> Self {
+        SpanRow {
+            tenant_id: Arc::from(tenant),
+            trace_id,
+            span_id: [id; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            flags: 0,
+            name: format!("s{id}"),
+            kind: 1,
+            start_unix_nano: start,
+            end_unix_nano: start + 1,
+            status_code: 0,
+            status_message: String::new(),
+            service_name: None,
+            resource_attributes: Arc::from("{}"),
+            scope_name: Arc::from(""),
+            scope_version: Arc::from(""),
+            attributes: "{}".into(),
+            dropped_attributes_count: 0,
+            dropped_events_count: 0,
+            dropped_links_count: 0,
+            links: "[]".into(),
+            link_count: 0,
+            event_count: 0,
+        }
+    }
+
     pub fn is_root(&self) -> bool {
         self.parent_span_id.is_none()
     }

@@ -82,36 +82,13 @@ impl<'a> Rows<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::model::SpanEventRow;
 
     fn span(tenant: &str, id: u8, start: i64) -> SpanRow {
         SpanRow {
-            tenant_id: Arc::from(tenant),
-            trace_id: [1; 16],
-            span_id: [id; 8],
-            parent_span_id: None,
-            trace_state: String::new(),
-            flags: 0,
-            name: format!("s{id}"),
-            kind: 1,
-            start_unix_nano: start,
-            end_unix_nano: start + 1,
-            status_code: 0,
-            status_message: String::new(),
-            service_name: None,
-            resource_attributes: Arc::from("{}"),
-            scope_name: Arc::from(""),
-            scope_version: Arc::from(""),
-            attributes: "{}".into(),
-            dropped_attributes_count: 0,
-            dropped_events_count: 0,
-            dropped_links_count: 0,
-            links: "[]".into(),
-            link_count: 0,
             event_count: 1,
+            ..SpanRow::bare(tenant, [1; 16], id, start)
         }
     }
 

@@ -15,8 +15,6 @@ use crate::error::Result;
 use crate::model::SpanRow;
 use crate::pg::copy::{self, CopyEncoder, Timestamptz};
 
-const STATUS_ERROR: i32 = 2;
-
 /// A `traces` row as a batch's spans make it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceRow {
@@ -56,8 +54,8 @@ pub fn fold<'a>(spans: impl IntoIterator<Item = &'a SpanRow>) -> Vec<TraceRow> {
         t.first_start = t.first_start.min(s.start_unix_nano);
         t.last_end = t.last_end.max(s.end_unix_nano);
         t.span_count += 1;
-        t.error_count += i64::from(s.status_code == STATUS_ERROR);
-        if s.parent_span_id.is_none() {
+        t.error_count += i64::from(s.is_error());
+        if s.is_root() {
             let better = t
                 .root
                 .as_ref()
@@ -112,29 +110,11 @@ mod tests {
 
     fn span(trace: u8, id: u8, parent: Option<u8>, start: i64, status: i32) -> SpanRow {
         SpanRow {
-            tenant_id: Arc::from("acme"),
-            trace_id: [trace; 16],
-            span_id: [id; 8],
             parent_span_id: parent.map(|p| [p; 8]),
-            trace_state: String::new(),
-            flags: 0,
-            name: format!("s{id}"),
-            kind: 1,
-            start_unix_nano: start,
             end_unix_nano: start + 10,
             status_code: status,
-            status_message: String::new(),
             service_name: Some(Arc::from("svc")),
-            resource_attributes: Arc::from("{}"),
-            scope_name: Arc::from(""),
-            scope_version: Arc::from(""),
-            attributes: "{}".into(),
-            dropped_attributes_count: 0,
-            dropped_events_count: 0,
-            dropped_links_count: 0,
-            links: "[]".into(),
-            link_count: 0,
-            event_count: 0,
+            ..SpanRow::bare("acme", [trace; 16], id, start)
         }
     }
 
