@@ -280,6 +280,8 @@ impl Coordinator {
             transition(&topic, partition, Phase::Stopped);
         }
         metrics::gauge!(metric::ASSIGNED_PARTITIONS).set(self.running.len() as f64);
+        // Ended workers, aborted ones too, gave their batches' budget back.
+        self.shared.budget.record();
     }
 
     /// A worker ends on its own only after a fatal error (already reported)

@@ -25,7 +25,8 @@ impl Budget {
         kib.clamp(1, self.kib)
     }
 
-    pub(super) fn record(&self) {
+    /// Publishes what batches hold now.
+    pub fn record(&self) {
         let free = self.semaphore.available_permits() as f64;
         let used = (f64::from(self.kib) - free).max(0.0) * 1024.0;
         metrics::gauge!(metric::INFLIGHT_BYTES).set(used);
