@@ -461,9 +461,7 @@ impl DbArgs {
         if self.pg_pool_size == 0 {
             return Err(Error::config("--pg-pool-size", "must be at least 1"));
         }
-        self.url()
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| Error::config("--database-url", e.to_string()))?;
+        crate::pg::tls::parse(&self.url())?;
         Ok(())
     }
 }

@@ -374,8 +374,26 @@ pub fn is_missing_partition(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| *db.code() == SqlState::CHECK_VIOLATION && db.constraint().is_none())
 }
 
+/// Whether a connection failed because TLS refused the server (its
+/// certificate, its name, the protocol), which no retry can change, rather
+/// than because the network failed during the handshake (an I/O error,
+/// without OpenSSL's error stack).
+pub fn is_refused_by_tls(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(ssl) = cause.downcast_ref::<openssl::ssl::Error>() {
+            return ssl.ssl_error().is_some();
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn classify_pg(e: &tokio_postgres::Error) -> Class {
     match e.code() {
+        // A server certificate that the CA does not sign or that names another
+        // host is refused the same way on every attempt.
+        None if is_refused_by_tls(e) => Class::Fatal,
         // No SQLSTATE: the connection broke, or the client was closed.
         None => Class::Transient,
         Some(_) if is_missing_partition(e) => Class::Transient,

@@ -134,7 +134,11 @@ impl Fixture {
         sql.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
         let pool = pg::connect(&db.db_args()).await.unwrap();
         let partitions = Arc::new(Partitions::new());
-        let writer = Writer::new(pool.clone(), partitions.clone(), Canceller);
+        let writer = Writer::new(
+            pool.clone(),
+            partitions.clone(),
+            Canceller::new(&db.db_args()).unwrap(),
+        );
         Fixture {
             pool,
             writer,
@@ -540,7 +544,11 @@ async fn the_offset_fences_concurrent_and_stale_writers() {
     committed(f.writer.write(&batch(0, None, 10, &[&base])).await.unwrap());
 
     // Two workers believe they own partition 0 at offset 10.
-    let other = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller);
+    let other = Writer::new(
+        f.pool.clone(),
+        f.partitions.clone(),
+        Canceller::new(&f.db.db_args()).unwrap(),
+    );
     let a = message(vec![span("acme", 2, 1, None, T0)], vec![]);
     let b = message(vec![span("acme", 3, 1, None, T0)], vec![]);
     let (ma, mb) = ([&a], [&b]);
@@ -662,7 +670,11 @@ async fn a_panic_before_commit_rolls_the_batch_back() {
     }
     drop(held);
     pg::ping(&f.pool).await.unwrap();
-    let healthy = Writer::new(f.pool.clone(), f.partitions.clone(), Canceller);
+    let healthy = Writer::new(
+        f.pool.clone(),
+        f.partitions.clone(),
+        Canceller::new(&f.db.db_args()).unwrap(),
+    );
     let mut cured = span("acme", 1, 2, Some(1), T0);
     cured.name = "no longer a pill".into();
     let m = message(vec![span("acme", 1, 1, None, T0), cured], vec![]);
@@ -870,7 +882,11 @@ async fn connections_opened_before_migration_stage_lazily() {
     let db = TestDb::create().await;
     let pool = pg::connect(&db.db_args()).await.unwrap();
     pg::ping(&pool).await.unwrap();
-    let writer = Writer::new(pool.clone(), Arc::new(Partitions::new()), Canceller);
+    let writer = Writer::new(
+        pool.clone(),
+        Arc::new(Partitions::new()),
+        Canceller::new(&db.db_args()).unwrap(),
+    );
     let m = message(vec![span("acme", 1, 1, None, T0)], vec![]);
 
     // Not migrated: no retry can help.

@@ -135,7 +135,7 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport> {
     let writer = Writer::new(
         pool.clone(),
         Arc::new(Partitions::new()),
-        crate::pg::pool::Canceller,
+        crate::pg::pool::Canceller::new(&args.db.settings())?,
     );
     let report = replay(args, &writer, letters).await?;
     Ok(report)

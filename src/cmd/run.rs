@@ -81,7 +81,11 @@ pub async fn run(
     ));
     let shared = Arc::new(Shared {
         settings: worker_settings(args),
-        writer: Arc::new(Writer::new(pool.clone(), partitions, pg::pool::Canceller)),
+        writer: Arc::new(Writer::new(
+            pool.clone(),
+            partitions,
+            pg::pool::Canceller::new(&args.db.settings())?,
+        )),
         spool: poison.spool,
         crash_guard: poison.crash_guard,
         breakers: poison.breakers,

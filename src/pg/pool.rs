@@ -3,10 +3,11 @@
 use deadpool_postgres::{
     ClientWrapper, Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
 };
-use tokio_postgres::{CancelToken, NoTls};
+use tokio_postgres::CancelToken;
 
 use crate::error::{Error, Result};
 use crate::metric;
+use crate::pg::tls;
 
 const PING: &str = include_str!("../../sql/ping.sql");
 const SESSION_SETUP: &str = include_str!("../../sql/session_setup.sql");
@@ -47,17 +48,33 @@ pub async fn connect(db: &Settings) -> Result<Pool> {
 
 /// Cancels the statement a connection's server session is running, the way
 /// the pool connects (a separate connection to the server, as PostgreSQL's
-/// cancel protocol works).
-#[derive(Debug, Clone, Default)]
-pub struct Canceller;
+/// cancel protocol works, with the pool's TLS settings).
+#[derive(Clone)]
+pub struct Canceller {
+    tls: tls::Connector,
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller").finish_non_exhaustive()
+    }
+}
 
 impl Canceller {
+    /// Connects as the pool of `db` does.
+    pub fn new(db: &Settings) -> Result<Self> {
+        Ok(Canceller {
+            tls: tls::parse(&db.url)?.tls,
+        })
+    }
+
     /// Fire and forget: a cancel that fails (the server session already
     /// ended, say) leaves nothing to do.
     pub fn cancel(&self, token: CancelToken) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tls = self.tls.clone();
             runtime.spawn(async move {
-                if let Err(e) = token.cancel_query(NoTls).await {
+                if let Err(e) = token.cancel_query(tls).await {
                     tracing::debug!(error = %e, "cancel request failed");
                 }
             });
@@ -83,10 +100,11 @@ pub async fn ping(pool: &Pool) -> Result<()> {
 }
 
 fn build(db: &Settings) -> Result<Pool> {
-    let mut pg: tokio_postgres::Config = db
-        .url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| Error::config("--database-url", e.to_string()))?;
+    let tls::Target {
+        config: mut pg,
+        tls,
+        ..
+    } = tls::parse(&db.url)?;
     // An application_name or connect_timeout in the URL wins over ours.
     if pg.get_application_name().is_none() {
         pg.application_name(APPLICATION_NAME);
@@ -99,7 +117,7 @@ fn build(db: &Settings) -> Result<Pool> {
     // check query per checkout would buy nothing.
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
