@@ -39,6 +39,16 @@ pub struct DbArgs {
     /// It may hold a password: its value is never printed.
     #[arg(long, env = "SPANSINK_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// A file holding the PostgreSQL connection URL (a mounted secret), instead
+    /// of --database-url. Leading and trailing whitespace is ignored.
+    #[arg(
+        long,
+        env = "SPANSINK_DATABASE_URL_FILE",
+        value_name = "PATH",
+        value_parser = read_database_url_file,
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<Secret>,
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "SPANSINK_PG_POOL_SIZE", default_value_t = 16)]
     pub pg_pool_size: usize,
@@ -96,6 +106,54 @@ pub fn parse_kafka_setting(s: &str) -> std::result::Result<KafkaSetting, String>
     s.parse()
 }
 
+/// A value read from a secret file: it is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+fn read_secret_file(path: &str) -> std::result::Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// `--database-url-file`: the file's text, trimmed, since secret files
+/// usually end with a newline.
+fn read_database_url_file(path: &str) -> std::result::Result<Secret, String> {
+    let text = read_secret_file(path)?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(format!("{path}: the file is empty"));
+    }
+    Ok(Secret(url.to_string()))
+}
+
+/// `--kafka-file`: librdkafka settings, one `key=value` a line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaFile(pub Vec<KafkaSetting>);
+
+/// Blank lines and lines starting with `#` are skipped; whitespace around a
+/// line is not part of its value. A malformed line is named by its number
+/// only: it may be a bare password.
+fn read_kafka_file(path: &str) -> std::result::Result<KafkaFile, String> {
+    let text = read_secret_file(path)?;
+    let mut settings = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let setting = line
+            .parse::<KafkaSetting>()
+            .map_err(|_| format!("{path}: line {} is not key=value", n + 1))?;
+        settings.push(setting);
+    }
+    Ok(KafkaFile(settings))
+}
+
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 30s, 7d)"))
 }
@@ -110,6 +168,10 @@ pub struct KafkaArgs {
     /// secrets: they are never printed.
     #[arg(long = "kafka", env = "SPANSINK_KAFKA", value_name = "KEY=VALUE", value_parser = parse_kafka_setting, value_delimiter = ';', hide_env_values = true)]
     pub kafka: Vec<KafkaSetting>,
+    /// A file of librdkafka settings, one KEY=VALUE a line ('#' starts a comment
+    /// line), for secrets such as sasl.password; --kafka wins over it.
+    #[arg(long = "kafka-file", env = "SPANSINK_KAFKA_FILE", value_name = "PATH", value_parser = read_kafka_file)]
+    pub kafka_file: Option<KafkaFile>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -344,9 +406,11 @@ impl PoisonArgs {
 impl KafkaArgs {
     /// What the Kafka clients are given.
     pub fn settings(&self) -> crate::kafka::Settings {
+        // librdkafka keeps the last value set, so the command line's come last.
+        let from_file = self.kafka_file.iter().flat_map(|f| f.0.iter());
         crate::kafka::Settings {
             brokers: self.brokers.clone(),
-            overrides: self.kafka.clone(),
+            overrides: from_file.chain(&self.kafka).cloned().collect(),
         }
     }
 
@@ -449,10 +513,12 @@ impl DbArgs {
     }
 
     /// The connection URL: `--database-url` (or `SPANSINK_DATABASE_URL`), else
-    /// the conventional `DATABASE_URL`, else the local server.
+    /// `--database-url-file`'s, else the conventional `DATABASE_URL`, else the
+    /// local server.
     pub fn url(&self) -> String {
         self.database_url
             .clone()
+            .or_else(|| self.database_url_file.as_ref().map(|f| f.0.clone()))
             .or_else(|| std::env::var("DATABASE_URL").ok())
             .unwrap_or_else(|| LOCAL_DATABASE_URL.to_string())
     }
@@ -471,6 +537,7 @@ impl std::fmt::Debug for DbArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbArgs")
             .field("database_url", &"***")
+            .field("database_url_file", &self.database_url_file)
             .field("pg_pool_size", &self.pg_pool_size)
             .field("pg_pool_timeout", &self.pg_pool_timeout)
             .field("pg_statement_timeout", &self.pg_statement_timeout)

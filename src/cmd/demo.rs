@@ -264,16 +264,22 @@ async fn count_run_spans(
     Ok(row.get(0))
 }
 
-/// The URL without its password, for printing.
+/// The URL without its password, for printing. A string that cannot be
+/// read, or a key/value string with a password, is not shown at all.
 fn redact(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) if c.get_password().is_some() => match url.split_once('@') {
-            Some((head, tail)) => {
-                let user = head.rsplit_once(':').map_or(head, |(u, _)| u);
-                format!("{user}:***@{tail}")
-            }
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
+    let has_password = match crate::pg::tls::parse(url) {
+        Ok(target) => target.config.get_password().is_some(),
+        Err(_) => true,
+    };
+    if !has_password {
+        return url.to_string();
+    }
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    match url.split_once('@') {
+        Some((head, tail)) if is_url => {
+            let user = head.rsplit_once(':').map_or(head, |(u, _)| u);
+            format!("{user}:***@{tail}")
+        }
+        _ => "*** (not shown: it holds a password)".to_string(),
     }
 }

@@ -69,6 +69,19 @@ impl Instance {
         spool: Option<&std::path::Path>,
         extra: &[&str],
     ) -> Instance {
+        let db_flag = format!("--database-url={database_url}");
+        Self::spawn_with_db_flag(bootstrap, &db_flag, group, spool, extra)
+    }
+
+    /// The same, with the flag that names the database given whole, such as
+    /// `--database-url-file=PATH`.
+    pub fn spawn_with_db_flag(
+        bootstrap: &str,
+        db_flag: &str,
+        group: &str,
+        spool: Option<&std::path::Path>,
+        extra: &[&str],
+    ) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("spansink.log");
         let log = File::create(&log_path).expect("log file");
@@ -83,7 +96,7 @@ impl Instance {
         }
         cmd.arg("run")
             .arg(format!("--brokers={bootstrap}"))
-            .arg(format!("--database-url={database_url}"))
+            .arg(db_flag)
             .arg(format!("--group-id={group}"))
             .arg(format!("--metrics-addr={metrics_addr}"))
             .arg(format!("--admin-addr={admin_addr}"))
