@@ -1,2 +1,3 @@
--- Creates the missing daily partitions. $1: days since 1970-01-01 (UTC).
-SELECT spansink_ensure_partitions(ARRAY(SELECT DATE '1970-01-01' + d FROM unnest($1::int4[]) AS d))
+-- Creates the missing daily partitions, guarded for tenant isolation before
+-- any row reaches them. $1: days since 1970-01-01 (UTC).
+SELECT spansink_ensure_secure_partitions(ARRAY(SELECT DATE '1970-01-01' + d FROM unnest($1::int4[]) AS d))

@@ -67,6 +67,9 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
             .await
             .map(|report| println!("{report}")),
         Command::Spool(args) => cmd::spool::run(&args).await,
+        Command::Tenant(args) => cmd::tenant::run(&args)
+            .await
+            .map(|report| println!("{report}")),
         Command::Bench(args) => cmd::bench::run(&args)
             .await
             .map(|table| println!("{table}")),

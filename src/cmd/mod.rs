@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod replay;
 pub mod run;
 pub mod spool;
+pub mod tenant;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +42,8 @@ pub enum Command {
     Replay(Box<replay::ReplayArgs>),
     /// Inspect and drain the local poison spool.
     Spool(spool::SpoolArgs),
+    /// Manage the reader roles of the read side and the tenants each may read.
+    Tenant(tenant::TenantArgs),
     /// Measure the pipeline end to end beside PostgreSQL's own ceiling.
     Bench(Box<bench::BenchArgs>),
     /// Host librdkafka's mock cluster until standard input closes (for the bench).

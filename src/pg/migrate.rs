@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_ledger",
         sql: include_str!("../../migrations/0002_dead_letter_ledger.sql"),
     },
+    Migration {
+        version: 4,
+        name: "tenant_isolation",
+        sql: include_str!("../../migrations/0004_tenant_isolation.sql"),
+    },
 ];
 
 const LOCK: &str = include_str!("../../sql/migrate_lock.sql");

@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod offsets;
 pub mod partitions;
 pub mod pool;
+pub mod tenant;
 pub mod tls;
 pub mod traces;
 pub mod write;
