@@ -60,12 +60,14 @@ impl PgProxy {
     }
 
     /// A proxy to the server of a `postgres://[user@]host[:port]/db` URL, and the
-    /// same URL through the proxy.
+    /// same URL through the proxy, in plain text (`sslmode=disable`): the proxy
+    /// reads the protocol's messages to recognise a COMMIT.
     pub async fn for_url(url: &str) -> (PgProxy, String) {
         let (before, host_port, after) =
             split_url(url).unwrap_or_else(|| panic!("not a postgres://…/db URL: {url}"));
         let proxy = PgProxy::start(&host_port).await;
-        let proxied = format!("{before}{}{after}", proxy.addr);
+        let separator = if after.contains('?') { '&' } else { '?' };
+        let proxied = format!("{before}{}{after}{separator}sslmode=disable", proxy.addr);
         (proxy, proxied)
     }
 
