@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_ledger",
         sql: include_str!("../../migrations/0002_dead_letter_ledger.sql"),
     },
+    Migration {
+        version: 3,
+        name: "logs_span_metrics",
+        sql: include_str!("../../migrations/0003_logs_span_metrics.sql"),
+    },
 ];
 
 const LOCK: &str = include_str!("../../sql/migrate_lock.sql");
