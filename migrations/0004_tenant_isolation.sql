@@ -43,7 +43,7 @@ CREATE POLICY tenant_readers_own ON tenant_readers FOR SELECT
 -- once spansink_secure_tenant_tables() runs again.
 CREATE FUNCTION spansink_tenant_tables() RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['spans', 'span_events', 'traces', 'dead_letters']
+    SELECT ARRAY['spans', 'span_events', 'traces', 'logs', 'span_metrics', 'dead_letters']
 $$;
 
 COMMENT ON FUNCTION spansink_tenant_tables() IS

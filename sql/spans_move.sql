@@ -8,6 +8,10 @@
 -- global order means they wait for each other but never deadlock. Sorted keys
 -- also make the primary key inserts cache-friendly.
 --
+-- The inserted spans' span_metrics buckets are staged here too, for
+-- `span_metrics_upsert.sql`: aggregated by the same rules as
+-- `pg::span_metrics::fold` (a test holds the two paths to each other).
+--
 -- Returns one row: spans_inserted, links_inserted, traces_touched.
 WITH inserted AS (
     INSERT INTO spans (
@@ -28,8 +32,8 @@ WITH inserted AS (
     FROM pg_temp.spansink_stage_spans
     ORDER BY tenant_id, trace_id, span_id, start_time
     ON CONFLICT DO NOTHING
-    RETURNING tenant_id, trace_id, span_id, parent_span_id, name, start_time, end_time,
-              start_unix_nano, status_code, service_name,
+    RETURNING tenant_id, trace_id, span_id, parent_span_id, name, kind, start_time, end_time,
+              start_unix_nano, duration_ns, status_code, service_name,
               CASE WHEN jsonb_typeof(links) = 'array' THEN jsonb_array_length(links) ELSE 0 END
                   AS link_count
 ),
@@ -41,6 +45,20 @@ per_trace AS (
            count(*) FILTER (WHERE status_code = 2) AS error_count
     FROM inserted
     GROUP BY tenant_id, trace_id
+),
+-- Minutes are binned in UTC whatever the session's time zone.
+metrics AS (
+    INSERT INTO pg_temp.spansink_stage_span_metrics (
+        tenant_id, minute, service_name, span_name, span_kind, status_code,
+        span_count, error_count, duration_sum_ns, latency_buckets
+    )
+    SELECT tenant_id,
+           date_bin('1 minute', start_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS minute,
+           coalesce(service_name, '') AS service, name, kind, status_code,
+           count(*), count(*) FILTER (WHERE status_code = 2), sum(duration_ns::numeric),
+           spansink_latency_histogram(array_agg(spansink_latency_bucket(duration_ns)))
+    FROM inserted
+    GROUP BY tenant_id, minute, service, name, kind, status_code
 ),
 -- The best root of each trace among the inserted spans: earliest start, then
 -- lowest span id.

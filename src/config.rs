@@ -69,6 +69,67 @@ pub struct MigrateArgs {
     pub db: DbArgs,
 }
 
+/// How long stored data is kept. Off unless set.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Drop the daily partitions of spans, span_events, span_metrics and logs
+    /// whose whole UTC day is older than this, and delete traces that ended
+    /// before it (e.g. 30d). Off by default: nothing is ever removed.
+    #[arg(long, env = "SPANSINK_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Delete dead-letter ledger rows recorded longer ago than this (at least
+    /// 7d: a spool tells its dead letters apart by them). Off by default.
+    #[arg(long, env = "SPANSINK_DEAD_LETTER_RETENTION", value_parser = parse_duration)]
+    pub dead_letter_retention: Option<Duration>,
+    /// How often `run` applies retention, when a retention is set.
+    #[arg(long, env = "SPANSINK_RETENTION_INTERVAL", value_parser = parse_duration, default_value = "1h")]
+    pub retention_interval: Duration,
+}
+
+impl RetentionArgs {
+    pub fn validate(&self) -> Result<()> {
+        if self
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(86_400))
+        {
+            return Err(Error::config(
+                "--retention",
+                "must be at least 1d: partitions are whole days",
+            ));
+        }
+        let floor = crate::pg::retention::MIN_DEAD_LETTER_RETENTION;
+        if self.dead_letter_retention.is_some_and(|r| r < floor) {
+            return Err(Error::config(
+                "--dead-letter-retention",
+                "must be at least 7d: spools tell their dead letters apart by the ledger",
+            ));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(Error::config("--retention-interval", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> crate::pg::retention::Settings {
+        crate::pg::retention::Settings {
+            horizon: self.retention,
+            dead_letter_horizon: self.dead_letter_retention,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.retention.is_some() || self.dead_letter_retention.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetentionCmdArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
 /// An `--encoding` or the encoding of a `NAME:ENCODING` topic.
 pub fn parse_encoding(s: &str) -> std::result::Result<Encoding, String> {
     s.parse()
@@ -83,6 +144,13 @@ pub struct TopicSpec {
 }
 
 fn parse_topic_spec(s: &str) -> std::result::Result<TopicSpec, String> {
+    // `--traces-topic ''`: no trace topics, for a logs-only deployment.
+    if s.is_empty() {
+        return Ok(TopicSpec {
+            name: String::new(),
+            encoding: Encoding::OtlpProto,
+        });
+    }
     let (name, encoding) = match s.rsplit_once(':') {
         Some((n, e)) => (n, parse_encoding(e)?),
         None => (s, Encoding::OtlpProto),
@@ -176,9 +244,14 @@ pub struct KafkaArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
-    /// Trace topics to consume, as NAME or NAME:ENCODING (otlp_proto, otlp_json). Repeatable.
+    /// Trace topics to consume, as NAME or NAME:ENCODING (otlp_proto, otlp_json). Repeatable;
+    /// '' for none (logs only).
     #[arg(long = "traces-topic", env = "SPANSINK_TRACES_TOPICS", value_parser = parse_topic_spec, value_delimiter = ',', default_value = "otlp_spans:otlp_proto")]
     pub traces_topics: Vec<TopicSpec>,
+    /// Log topics to consume, as NAME or NAME:ENCODING. Repeatable. None by
+    /// default: the OTel Collector's exporter writes logs to otlp_logs.
+    #[arg(long = "logs-topic", env = "SPANSINK_LOGS_TOPICS", value_parser = parse_topic_spec, value_delimiter = ',')]
+    pub logs_topics: Vec<TopicSpec>,
     /// Consumer group id; also the key of this pipeline's rows in ingest_offsets.
     #[arg(long, env = "SPANSINK_GROUP_ID", default_value = "spansink")]
     pub group_id: String,
@@ -221,6 +294,9 @@ pub struct IngestArgs {
     /// Most links in one message [default: a quarter of the batch budget's worth].
     #[arg(long, env = "SPANSINK_MAX_LINKS_PER_MESSAGE")]
     pub max_links_per_message: Option<u64>,
+    /// Most log records in one message [default: a quarter of the batch budget's worth].
+    #[arg(long, env = "SPANSINK_MAX_LOG_RECORDS_PER_MESSAGE")]
+    pub max_log_records_per_message: Option<u64>,
     /// Most attributes and array or map entries in one message, all sets
     /// together [default: a quarter of the batch budget's worth].
     #[arg(long, env = "SPANSINK_MAX_VALUES_PER_MESSAGE")]
@@ -272,6 +348,8 @@ pub struct RunArgs {
     pub drain_timeout: Duration,
     #[command(flatten)]
     pub poison: PoisonArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// Names this instance in dead letters and logs (default: the host name).
     #[arg(long, env = "SPANSINK_INSTANCE_ID", default_value_t = default_instance_id())]
     pub instance_id: String,
@@ -422,10 +500,19 @@ impl KafkaArgs {
 
 impl IngestArgs {
     pub fn validate(&self) -> Result<()> {
-        if self.traces_topics.is_empty() {
+        let sources = self.sources();
+        if sources.is_empty() {
             return Err(Error::config(
                 "--traces-topic",
-                "at least one topic is needed",
+                "no topic to consume: give a trace or a log topic (--logs-topic)",
+            ));
+        }
+        let mut names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::config(
+                "--logs-topic",
+                format!("topic {} is given twice (a topic carries one signal)", w[0]),
             ));
         }
         if self.group_id.trim().is_empty() {
@@ -479,6 +566,26 @@ impl IngestArgs {
         self.max_inflight_bytes - self.prefetch().total()
     }
 
+    /// Every consumed topic with its signal and encoding.
+    pub fn sources(&self) -> Vec<(String, crate::decode::Source)> {
+        let of = |topics: &[TopicSpec], signal| {
+            topics
+                .iter()
+                .filter(|t| !t.name.is_empty())
+                .map(|t| {
+                    let source = crate::decode::Source {
+                        signal,
+                        encoding: t.encoding,
+                    };
+                    (t.name.clone(), source)
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = of(&self.traces_topics, crate::decode::Signal::Traces);
+        all.extend(of(&self.logs_topics, crate::decode::Signal::Logs));
+        all
+    }
+
     pub fn retry_policy(&self) -> crate::retry::Policy {
         crate::retry::Policy::new(self.retry_initial, self.retry_max)
     }
@@ -493,6 +600,7 @@ impl IngestArgs {
                 max_spans: self.max_spans_per_message.unwrap_or(quarter.max_spans),
                 max_events: self.max_events_per_message.unwrap_or(quarter.max_events),
                 max_links: self.max_links_per_message.unwrap_or(quarter.max_links),
+                max_logs: self.max_log_records_per_message.unwrap_or(quarter.max_logs),
                 max_values: self.max_values_per_message.unwrap_or(quarter.max_values),
             },
             accept_past: self.accept_past,
@@ -553,11 +661,12 @@ impl RunArgs {
         self.kafka.check(crate::kafka::Client::DeadLetters)?;
         self.ingest.validate()?;
         self.poison.validate()?;
+        self.retention.validate()?;
         if self
             .ingest
-            .traces_topics
+            .sources()
             .iter()
-            .any(|t| t.name == self.poison.dlq_topic)
+            .any(|(name, _)| *name == self.poison.dlq_topic)
         {
             return Err(Error::config("--dlq-topic", "must not be a consumed topic"));
         }

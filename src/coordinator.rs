@@ -32,7 +32,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::decode::Encoding;
+use crate::decode::Source;
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::kafka::commit::{remove_partition_series, Ownership};
@@ -71,7 +71,7 @@ pub struct Coordinator {
     events: UnboundedReceiver<RebalanceEvent>,
     shared: Arc<Shared>,
     pool: Pool,
-    topics: HashMap<String, Encoding>,
+    topics: HashMap<String, Source>,
     running: HashMap<TopicPartition, Running>,
     drain_timeout: Duration,
     health: Arc<Health>,
@@ -83,7 +83,7 @@ pub struct CoordinatorConfig {
     pub events: UnboundedReceiver<RebalanceEvent>,
     pub shared: Arc<Shared>,
     pub pool: Pool,
-    pub topics: HashMap<String, Encoding>,
+    pub topics: HashMap<String, Source>,
     pub drain_timeout: Duration,
     pub health: Arc<Health>,
     pub stopper: Stopper,
@@ -187,7 +187,7 @@ impl Coordinator {
         stored: Option<i64>,
         assigned: &CancellationToken,
     ) {
-        let Some(encoding) = self.topics.get(topic).copied() else {
+        let Some(source) = self.topics.get(topic).copied() else {
             tracing::error!(topic, "assigned a topic that was not subscribed");
             return;
         };
@@ -214,7 +214,7 @@ impl Coordinator {
                 queue,
                 topic: topic.to_string(),
                 partition,
-                encoding,
+                source,
                 stored,
                 owned: owned.clone(),
                 stop: stop.clone(),

@@ -66,6 +66,8 @@ pub enum Reason {
     TooManyEvents,
     /// More links in one message than `--max-links-per-message`.
     TooManyLinks,
+    /// More log records in one message than `--max-log-records-per-message`.
+    TooManyLogRecords,
     /// A span starts outside the acceptance window.
     TimestampOutOfWindow,
     /// PostgreSQL class 22.
@@ -112,6 +114,7 @@ impl Reason {
             | Reason::TooManySpans
             | Reason::TooManyEvents
             | Reason::TooManyLinks
+            | Reason::TooManyLogRecords
             | Reason::TimestampOutOfWindow => Stage::Validate,
             Reason::PgDataException
             | Reason::PgCardinalityViolation

@@ -74,7 +74,7 @@ impl Health {
         let missing = lock(&self.topics_missing);
         if !missing.is_empty() {
             reasons.push(format!(
-                "waiting for topics to exist (--traces-topic): {}",
+                "waiting for topics to exist (--traces-topic, --logs-topic): {}",
                 missing.join(", ")
             ));
         }

@@ -70,6 +70,7 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
         Command::Tenant(args) => cmd::tenant::run(&args)
             .await
             .map(|report| println!("{report}")),
+        Command::Retention(args) => cmd::retention::run(&args).await,
         Command::Bench(args) => cmd::bench::run(&args)
             .await
             .map(|table| println!("{table}")),

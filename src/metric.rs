@@ -15,9 +15,8 @@ pub const SPANS_WRITTEN: &str = "spansink_spans_written_total";
 pub const SPANS_DUPLICATE: &str = "spansink_spans_duplicate_total";
 pub const SPAN_EVENTS_WRITTEN: &str = "spansink_span_events_written_total";
 pub const SPAN_LINKS_WRITTEN: &str = "spansink_span_links_written_total";
-/// Zero until log topics are consumed; declared now so dashboards and alerts
-/// need no change when they are.
 pub const LOG_RECORDS_WRITTEN: &str = "spansink_log_records_written_total";
+pub const LOG_RECORDS_DUPLICATE: &str = "spansink_log_records_duplicate_total";
 pub const BATCHES_COMMITTED: &str = "spansink_batches_committed_total";
 pub const BATCH_SPLITS: &str = "spansink_batch_splits_total";
 pub const BATCH_WRITE_PATH: &str = "spansink_batch_write_path_total";
@@ -69,6 +68,10 @@ pub const BUILD_INFO: &str = "spansink_build_info";
 pub const READY: &str = "spansink_ready";
 pub const PG_POOL_CONNECTIONS: &str = "spansink_pg_pool_connections";
 pub const PG_POOL_WAITING: &str = "spansink_pg_pool_waiting";
+// Retention.
+pub const RETENTION_PARTITIONS_DROPPED: &str = "spansink_retention_partitions_dropped_total";
+pub const RETENTION_ROWS_DELETED: &str = "spansink_retention_rows_deleted_total";
+pub const RETENTION_LAST_SUCCESS: &str = "spansink_retention_last_success_timestamp_seconds";
 
 /// Buckets, each chosen for what its histogram measures.
 const BATCH_MESSAGE_BUCKETS: &[f64] = &[
@@ -153,6 +156,12 @@ pub const DESCRIBED: &[Described] = &[
         kind: Kind::Counter,
         unit: Unit::Count,
         help: "Log records inserted into PostgreSQL, per topic.",
+    },
+    Described {
+        name: LOG_RECORDS_DUPLICATE,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Log records not inserted because they were already stored (a replayed or redelivered message), per topic.",
     },
     Described {
         name: BATCHES_COMMITTED,
@@ -430,6 +439,24 @@ pub const DESCRIBED: &[Described] = &[
         unit: Unit::Count,
         help: "Tasks waiting for a PostgreSQL pool connection.",
     },
+    Described {
+        name: RETENTION_PARTITIONS_DROPPED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Daily partitions dropped by retention, per table (spans, span_events, span_metrics, logs).",
+    },
+    Described {
+        name: RETENTION_ROWS_DELETED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Rows deleted by retention, per table (traces, dead_letters).",
+    },
+    Described {
+        name: RETENTION_LAST_SUCCESS,
+        kind: Kind::Gauge,
+        unit: Unit::Seconds,
+        help: "When this instance last completed a retention round (Unix time); 0 until it has.",
+    },
 ];
 
 fn describe() {
@@ -477,6 +504,7 @@ pub fn init_topic(topic: &str) {
         SPAN_EVENTS_WRITTEN,
         SPAN_LINKS_WRITTEN,
         LOG_RECORDS_WRITTEN,
+        LOG_RECORDS_DUPLICATE,
         BATCHES_COMMITTED,
         KAFKA_COMMIT_FAILURES,
         BREAKER_TRIPS,
@@ -539,6 +567,13 @@ fn init_process() {
     ] {
         metrics::counter!(TRANSIENT_RETRIES, "kind" => kind).increment(0);
     }
+    for table in ["spans", "span_events", "span_metrics", "logs"] {
+        metrics::counter!(RETENTION_PARTITIONS_DROPPED, "table" => table).increment(0);
+    }
+    for table in ["traces", "dead_letters"] {
+        metrics::counter!(RETENTION_ROWS_DELETED, "table" => table).increment(0);
+    }
+    metrics::gauge!(RETENTION_LAST_SUCCESS).set(0.0);
     for kind in ["nul", "nonfinite_float"] {
         metrics::counter!(SANITIZED_VALUES, "kind" => kind).increment(0);
     }

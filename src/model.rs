@@ -119,15 +119,17 @@ impl Sanitized {
     }
 }
 
-/// Everything one `ExportTraceServiceRequest` message turns into.
+/// Everything one message turns into: the spans and span events of a trace
+/// export, or the log records of a logs export.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct DecodedTraces {
+pub struct Decoded {
     pub spans: Vec<SpanRow>,
     pub events: Vec<SpanEventRow>,
+    pub logs: Vec<LogRow>,
     pub sanitized: Sanitized,
 }
 
-impl DecodedTraces {
+impl Decoded {
     /// Memory this message holds while it waits in a batch, for the in-flight budget.
     pub fn approx_bytes(&self) -> usize {
         let spans: usize = self
@@ -147,14 +149,38 @@ impl DecodedTraces {
             .iter()
             .map(|e| std::mem::size_of::<SpanEventRow>() + e.name.len() + e.attributes.len())
             .sum();
-        spans + events
+        let logs: usize = self
+            .logs
+            .iter()
+            .map(|l| {
+                std::mem::size_of::<LogRow>()
+                    + l.severity_text.len()
+                    + l.body.len()
+                    + l.attributes.len()
+                    + l.event_name.len()
+            })
+            .sum();
+        spans + events + logs
     }
+}
+
+/// Where a message was read from: what keys its log records. Replay gives
+/// the dead letter's source, so that a record replayed is the record consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The Kafka timestamp in milliseconds; `None` when the message had none.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// One OTLP log record, ready for the logs table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRow {
     pub tenant_id: Arc<str>,
+    /// The record's key: see `decode::logs::record_id`.
+    pub record_id: [u8; 16],
     /// When the event happened; the observed time when the producer left it 0.
     pub time_unix_nano: i64,
     pub observed_time_unix_nano: i64,
@@ -176,27 +202,4 @@ pub struct LogRow {
     pub span_id: Option<[u8; 8]>,
     pub event_name: String,
     pub dropped_attributes_count: u32,
-}
-
-/// Everything one `ExportLogsServiceRequest` message turns into.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DecodedLogs {
-    pub logs: Vec<LogRow>,
-    pub sanitized: Sanitized,
-}
-
-impl DecodedLogs {
-    /// Memory this message holds while it waits in a batch, for the in-flight budget.
-    pub fn approx_bytes(&self) -> usize {
-        self.logs
-            .iter()
-            .map(|l| {
-                std::mem::size_of::<LogRow>()
-                    + l.severity_text.len()
-                    + l.body.len()
-                    + l.attributes.len()
-                    + l.event_name.len()
-            })
-            .sum()
-    }
 }

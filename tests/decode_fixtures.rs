@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use spansink::config::Encoding;
 use spansink::decode::{decode_logs, decode_traces, Limits};
 use spansink::error::{Reason, Result};
-use spansink::model::{DecodedLogs, DecodedTraces, SpanEventRow, SpanRow};
+use spansink::model::{Decoded, SpanEventRow, SpanRow};
 
 /// 2026-01-01T00:00:00Z: the fixtures' spans start within the hour after.
 const NOW_SECS: u64 = 1_767_225_600;
@@ -56,7 +56,7 @@ fn encoding(name: &str) -> Encoding {
     }
 }
 
-fn traces(name: &str) -> Result<DecodedTraces> {
+fn traces(name: &str) -> Result<Decoded> {
     let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
     decode_traces(
         &read(name),
@@ -67,12 +67,19 @@ fn traces(name: &str) -> Result<DecodedTraces> {
     )
 }
 
-fn logs(name: &str) -> Result<DecodedLogs> {
+fn logs(name: &str) -> Result<Decoded> {
     let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
+    let origin = spansink::model::Origin {
+        topic: "otlp_logs",
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+    };
     decode_logs(
         &read(name),
         encoding(name),
         &Arc::from("fixtures"),
+        &origin,
         &limits(),
         now,
     )

@@ -10,7 +10,7 @@ use db::TestDb;
 use futures::FutureExt;
 use serde_json::{json, Value};
 use spansink::error::{Class, Reason};
-use spansink::model::{DecodedTraces, SpanEventRow, SpanRow};
+use spansink::model::{Decoded, SpanEventRow, SpanRow};
 use spansink::pg::pool::Canceller;
 use spansink::pg::write::Recorder;
 use spansink::pg::{
@@ -75,8 +75,8 @@ fn event(s: &SpanRow, index: i32, name: &str) -> SpanEventRow {
     }
 }
 
-fn message(spans: Vec<SpanRow>, events: Vec<SpanEventRow>) -> DecodedTraces {
-    DecodedTraces {
+fn message(spans: Vec<SpanRow>, events: Vec<SpanEventRow>) -> Decoded {
+    Decoded {
         spans,
         events,
         ..Default::default()
@@ -95,7 +95,7 @@ fn batch<'a>(
     partition: i32,
     expected: Option<i64>,
     next_offset: i64,
-    messages: &'a [&'a DecodedTraces],
+    messages: &'a [&'a Decoded],
 ) -> WriteBatch<'a> {
     WriteBatch {
         key: key(partition),
@@ -170,7 +170,7 @@ async fn migrations_run_once_when_started_concurrently() {
     let (mut ra, rb) = (ra.unwrap(), rb.unwrap());
     ra.extend(rb);
     ra.sort_unstable();
-    assert_eq!(ra, [1, 2, 4], "exactly one migrator applies each version");
+    assert_eq!(ra, [1, 2, 3, 4], "exactly one migrator applies each version");
     let rows = a
         .query(
             "SELECT version, name FROM schema_migrations ORDER BY version",
@@ -184,6 +184,7 @@ async fn migrations_run_once_when_started_concurrently() {
         [
             (1, "init"),
             (2, "dead_letter_ledger"),
+            (3, "logs_span_metrics"),
             (4, "tenant_isolation")
         ]
     );
@@ -214,7 +215,8 @@ async fn a_batch_commits_spans_events_traces_and_offset_together() {
             spans_duplicate: 0,
             events_inserted: 2,
             links_inserted: 1,
-            traces_touched: 1
+            traces_touched: 1,
+            ..WriteStats::default()
         }
     );
     assert_eq!(f.stored_offset(0).await, Some(10));
@@ -349,7 +351,8 @@ async fn replays_and_repeats_are_stored_once() {
             spans_duplicate: 2,
             events_inserted: 0,
             links_inserted: 0,
-            traces_touched: 0
+            traces_touched: 0,
+            ..WriteStats::default()
         }
     );
     assert_eq!(f.stored_offset(0).await, Some(20));
@@ -901,7 +904,7 @@ async fn connections_opened_before_migration_stage_lazily() {
     assert_eq!(err.class(), Class::Fatal, "{err}");
 
     let mut sql = db.client().await;
-    assert_eq!(pg::migrate(&mut sql).await.unwrap(), [1, 2, 4]);
+    assert_eq!(pg::migrate(&mut sql).await.unwrap(), [1, 2, 3, 4]);
     // The pool's connection predates the schema and has no staging tables yet.
     let stats = committed(writer.write(&batch(0, None, 10, &[&m])).await.unwrap());
     assert_eq!(stats.spans_inserted, 1);

@@ -32,6 +32,21 @@ const TENANT_TABLES: &[(&str, &str)] = &[
          error_count) VALUES ($1, decode(md5($1), 'hex'), now(), now(), 1, 0)",
     ),
     (
+        "logs",
+        "INSERT INTO logs (tenant_id, record_id, time, time_unix_nano, observed_time, \
+         observed_time_unix_nano, severity_number, severity_text, body, attributes, \
+         resource_attributes, scope_name, scope_version, event_name, flags, \
+         dropped_attributes_count) VALUES ($1, decode(md5($1), 'hex'), '2024-01-02T03:04:05Z', 0, \
+         '2024-01-02T03:04:05Z', 0, 9, 'INFO', '\"x\"', '{}', '{}', '', '', '', 0, 0)",
+    ),
+    (
+        "span_metrics",
+        "INSERT INTO span_metrics (tenant_id, minute, service_name, span_name, span_kind, \
+         status_code, shard, span_count, error_count, duration_sum_ns, latency_buckets) \
+         VALUES ($1, '2024-01-02T03:04:00Z', 'svc', 'op', 2, 0, 0, 1, 0, 1, \
+         array_fill(0::bigint, ARRAY[17]))",
+    ),
+    (
         "dead_letters",
         "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", id, tenant_id, \
          stage, reason, error, instance, spool_id) \

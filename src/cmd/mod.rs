@@ -2,13 +2,14 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{LogArgs, MigrateArgs, RunArgs};
+use crate::config::{LogArgs, MigrateArgs, RetentionCmdArgs, RunArgs};
 
 pub mod bench;
 pub mod demo;
 pub mod loadgen;
 pub mod migrate;
 pub mod replay;
+pub mod retention;
 pub mod run;
 pub mod spool;
 pub mod tenant;
@@ -40,6 +41,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Re-ingest dead letters from the DLQ topic or a spool directory.
     Replay(Box<replay::ReplayArgs>),
+    /// Apply retention once: drop expired daily partitions, expire traces and
+    /// dead-letter ledger rows (for cron; `run --retention` schedules it).
+    Retention(RetentionCmdArgs),
     /// Inspect and drain the local poison spool.
     Spool(spool::SpoolArgs),
     /// Manage the reader roles of the read side and the tenants each may read.

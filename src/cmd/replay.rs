@@ -18,7 +18,7 @@ use crate::blocking;
 use crate::config::{parse_duration, DbArgs, IngestArgs, KafkaArgs};
 use crate::decode;
 use crate::error::{Class, Error, Result};
-use crate::model::DecodedTraces;
+use crate::model::Decoded;
 use crate::otlp::spansink::v1::DeadLetter;
 use crate::pg::partitions::Partitions;
 use crate::pg::write::{WriteStats, Writer};
@@ -81,6 +81,9 @@ pub struct ReplayReport {
     /// Spans those writes inserted; duplicates were already stored.
     pub spans_inserted: u64,
     pub spans_duplicate: u64,
+    /// Log records those writes inserted; duplicates were already stored.
+    pub logs_inserted: u64,
+    pub logs_duplicate: u64,
     /// Dead letters that still fail, by reason.
     pub failed_again: BTreeMap<String, usize>,
     /// Dead letters the filters left out.
@@ -104,8 +107,8 @@ impl fmt::Display for ReplayReport {
         writeln!(f, "replay{mode}")?;
         writeln!(
             f,
-            "  replayed:     {} (spans inserted {}, already stored {})",
-            self.replayed, self.spans_inserted, self.spans_duplicate
+            "  replayed:     {} (spans inserted {}, already stored {}; log records inserted {}, already stored {})",
+            self.replayed, self.spans_inserted, self.spans_duplicate, self.logs_inserted, self.logs_duplicate
         )?;
         writeln!(f, "  failed again: {}", self.failed_again_total())?;
         for (reason, n) in &self.failed_again {
@@ -177,6 +180,8 @@ pub async fn replay(
                 report.replayed += 1;
                 report.spans_inserted += stats.spans_inserted;
                 report.spans_duplicate += stats.spans_duplicate;
+                report.logs_inserted += stats.logs_inserted;
+                report.logs_duplicate += stats.logs_duplicate;
             }
             Err(e) if e.class() == Class::Poison => {
                 tracing::info!(id = %dl.id, error = %e, "still refused by PostgreSQL");
@@ -209,30 +214,48 @@ fn selected(args: &ReplayArgs, dl: &DeadLetter) -> bool {
         && args.to_offset.is_none_or(|o| dl.offset <= o)
 }
 
-/// The same decoding as live traffic: the source topic's encoding, the tenant
-/// from the original headers, the current limits and window.
-fn decode_letter(
-    ingest: &IngestArgs,
-    limits: &decode::Limits,
-    dl: &DeadLetter,
-) -> Result<DecodedTraces> {
-    let encoding = ingest
-        .traces_topics
-        .iter()
-        .find(|t| t.name == dl.topic)
-        .map_or(crate::config::Encoding::OtlpProto, |t| t.encoding);
+/// The same decoding as live traffic: the source topic's signal and encoding
+/// (a topic not configured now is taken for protobuf traces), the tenant from
+/// the original headers, the current limits and window. Log records are keyed
+/// by the dead letter's source topic, partition, offset and timestamp, as
+/// they would have been when consumed, never by where the dead letter itself
+/// is stored: a dead letter published twice, or replayed from both the topic
+/// and a spool, stores each record once.
+fn decode_letter(ingest: &IngestArgs, limits: &decode::Limits, dl: &DeadLetter) -> Result<Decoded> {
+    let source = ingest
+        .sources()
+        .into_iter()
+        .find(|(name, _)| *name == dl.topic)
+        .map_or(
+            decode::Source::traces(crate::config::Encoding::OtlpProto),
+            |(_, s)| s,
+        );
     let header = dl
         .headers
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(&ingest.tenant_header))
         .map(|h| h.value.clone().unwrap_or_default());
     let tenant = crate::tenant::resolve(header.as_deref(), &ingest.default_tenant)?;
-    decode::decode_traces(&dl.payload, encoding, &tenant, limits, SystemTime::now())
+    let origin = crate::model::Origin {
+        topic: &dl.topic,
+        partition: dl.partition,
+        offset: dl.offset,
+        timestamp_ms: dl.timestamp_ms,
+    };
+    decode::scan(&dl.payload, source, limits)?;
+    decode::decode_scanned(
+        &dl.payload,
+        source,
+        &tenant,
+        &origin,
+        limits,
+        SystemTime::now(),
+    )
 }
 
 /// Writes the rows and marks the dead letter as replayed in the ledger, in one
 /// transaction.
-async fn write(writer: &Writer, decoded: &DecodedTraces, dl: &DeadLetter) -> Result<WriteStats> {
+async fn write(writer: &Writer, decoded: &Decoded, dl: &DeadLetter) -> Result<WriteStats> {
     let source = crate::pg::offsets::PartitionKey {
         group: &dl.group,
         topic: &dl.topic,

@@ -79,6 +79,11 @@ pub async fn run(
         args.db.partitions_ahead_days,
         shutdown.clone(),
     ));
+    tokio::spawn(crate::cmd::retention::schedule(
+        pool.clone(),
+        args.retention.clone(),
+        shutdown.clone(),
+    ));
     let shared = Arc::new(Shared {
         settings: worker_settings(args),
         writer: Arc::new(Writer::new(
@@ -311,15 +316,11 @@ async fn consume_until_stopped(
     let Kafka {
         consumer, inbox, ..
     } = kafka;
-    let topics: HashMap<String, _> = args
-        .ingest
-        .traces_topics
-        .iter()
-        .map(|t| (t.name.clone(), t.encoding))
-        .collect();
-    let names: Vec<String> = topics.keys().cloned().collect();
+    let sources = args.ingest.sources();
+    let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
+    let topics: HashMap<String, _> = sources.into_iter().collect();
     let (health, lag) = (shared.health.clone(), shared.lag.clone());
-    match consume::wait_for_topics(
+    let present = match consume::wait_for_topics(
         &consumer,
         &args.kafka.brokers,
         &names,
@@ -328,11 +329,20 @@ async fn consume_until_stopped(
     )
     .await
     {
-        Ok(()) => {}
+        Ok(present) => present,
         Err(Error::Shutdown) => return Ok(()),
         Err(e) => return Err(e),
-    }
-    subscribe(&consumer, &names, &args.ingest.group_id)?;
+    };
+    subscribe(&consumer, &present, &args.ingest.group_id)?;
+    let group = args.ingest.group_id.clone();
+    let widen = consumer.clone();
+    let watcher = tokio::spawn(consume::watch_for_topics(
+        consumer.clone(),
+        names,
+        present,
+        stopper.token().clone(),
+        move |all| subscribe(&widen, all, &group),
+    ));
     let poller = consume::spawn_poller(consumer.clone(), stopper.clone())
         .map_err(|e| Error::io("starting the Kafka poll thread", e))?;
     let watermarks = tokio::spawn(lag.watch_watermarks(consumer.clone(), stopper.token().clone()));
@@ -349,6 +359,7 @@ async fn consume_until_stopped(
     .run()
     .await;
     let _ = watermarks.await;
+    let _ = watcher.await;
     close(consumer, poller).await
 }
 

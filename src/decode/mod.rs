@@ -18,7 +18,7 @@
 
 mod anyvalue;
 mod json;
-mod logs;
+pub mod logs;
 pub mod prescan;
 mod proto;
 mod rows;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Reason, Result};
-use crate::model::{DecodedLogs, DecodedTraces};
+use crate::model::{Decoded, Origin};
 
 pub use prescan::{Counts, ItemLimits};
 
@@ -59,6 +59,45 @@ impl Encoding {
     }
 }
 
+/// What a topic carries: OTLP trace or logs export requests.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::EnumString,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Signal {
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// How to read a topic's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub signal: Signal,
+    pub encoding: Encoding,
+}
+
+impl Source {
+    pub const fn traces(encoding: Encoding) -> Self {
+        Source {
+            signal: Signal::Traces,
+            encoding,
+        }
+    }
+
+    pub const fn logs(encoding: Encoding) -> Self {
+        Source {
+            signal: Signal::Logs,
+            encoding,
+        }
+    }
+}
+
 /// Limits against input that could exhaust the process, and the acceptance window.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -80,26 +119,56 @@ pub fn decode_traces(
     tenant: &Arc<str>,
     limits: &Limits,
     now: SystemTime,
-) -> Result<DecodedTraces> {
-    scan_traces(payload, encoding, limits)?;
+) -> Result<Decoded> {
+    scan(payload, Source::traces(encoding), limits)?;
     decode_scanned_traces(payload, encoding, tenant, limits, now)
 }
 
-/// Checks a trace message's size and counts ([`prescan`]) without decoding
-/// it; what it would decode into.
-pub fn scan_traces(payload: &[u8], encoding: Encoding, limits: &Limits) -> Result<Counts> {
-    check_size(payload, limits)?;
-    prescan::scan_traces(payload, encoding, &limits.items)
+/// Decodes one logs export message into log rows for `tenant`, keyed by
+/// where it was read (`origin`).
+///
+/// `now` anchors the acceptance window for record times.
+pub fn decode_logs(
+    payload: &[u8],
+    encoding: Encoding,
+    tenant: &Arc<str>,
+    origin: &Origin<'_>,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<Decoded> {
+    scan(payload, Source::logs(encoding), limits)?;
+    decode_scanned_logs(payload, encoding, tenant, origin, limits, now)
 }
 
-/// [`decode_traces`] of a message that [`scan_traces`] already accepted.
-pub fn decode_scanned_traces(
+/// Checks a message's size and counts ([`prescan`]) without decoding it;
+/// what it would decode into.
+pub fn scan(payload: &[u8], source: Source, limits: &Limits) -> Result<Counts> {
+    check_size(payload, limits)?;
+    prescan::scan(payload, source.signal, source.encoding, &limits.items)
+}
+
+/// Decodes a message that [`scan`] already accepted.
+pub fn decode_scanned(
+    payload: &[u8],
+    source: Source,
+    tenant: &Arc<str>,
+    origin: &Origin<'_>,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<Decoded> {
+    match source.signal {
+        Signal::Traces => decode_scanned_traces(payload, source.encoding, tenant, limits, now),
+        Signal::Logs => decode_scanned_logs(payload, source.encoding, tenant, origin, limits, now),
+    }
+}
+
+fn decode_scanned_traces(
     payload: &[u8],
     encoding: Encoding,
     tenant: &Arc<str>,
     limits: &Limits,
     now: SystemTime,
-) -> Result<DecodedTraces> {
+) -> Result<Decoded> {
     let request = match encoding {
         Encoding::OtlpProto => parse_request_proto(payload)?,
         Encoding::OtlpJson => parse_request_json(payload)?,
@@ -107,22 +176,19 @@ pub fn decode_scanned_traces(
     rows::span_rows(request, tenant, limits, now)
 }
 
-/// Decodes one logs export message into log rows for `tenant`.
-///
-/// `now` anchors the acceptance window for record times.
-pub fn decode_logs(
+fn decode_scanned_logs(
     payload: &[u8],
     encoding: Encoding,
     tenant: &Arc<str>,
+    origin: &Origin<'_>,
     limits: &Limits,
     now: SystemTime,
-) -> Result<DecodedLogs> {
-    check_size(payload, limits)?;
+) -> Result<Decoded> {
     let request = match encoding {
         Encoding::OtlpProto => parse_logs_request_proto(payload)?,
         Encoding::OtlpJson => parse_logs_request_json(payload)?,
     };
-    logs::log_rows(request, tenant, limits, now)
+    logs::log_rows(request, tenant, origin, limits, now)
 }
 
 /// Checked before parsing, so that an oversized message costs nothing more.

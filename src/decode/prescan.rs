@@ -1,5 +1,5 @@
 //! Counts what a message would decode into, before it is decoded: spans,
-//! span events, links and values (attributes, and the entries of array and
+//! span events, links, log records and values (attributes, and the entries of array and
 //! map values). Decoding builds a struct for each of them, so a small message
 //! can become a large amount of memory: 16 MB of empty spans is 8 million of
 //! them. The counts are checked against the per-message limits, and give the
@@ -12,7 +12,7 @@
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::decode::Encoding;
+use crate::decode::{Encoding, Signal};
 use crate::error::{Error, Reason, Result};
 
 /// What one message holds.
@@ -21,6 +21,7 @@ pub struct Counts {
     pub spans: u64,
     pub events: u64,
     pub links: u64,
+    pub logs: u64,
     /// Attributes, and entries of array and map values, anywhere in the message.
     pub values: u64,
 }
@@ -30,6 +31,7 @@ pub struct Counts {
 pub const SPAN_BYTES: u64 = 320;
 pub const EVENT_BYTES: u64 = 256;
 pub const LINK_BYTES: u64 = 256;
+pub const LOG_BYTES: u64 = 320;
 pub const VALUE_BYTES: u64 = 128;
 
 impl Counts {
@@ -41,6 +43,7 @@ impl Counts {
             + self.spans * SPAN_BYTES
             + self.events * EVENT_BYTES
             + self.links * LINK_BYTES
+            + self.logs * LOG_BYTES
             + self.values * VALUE_BYTES
     }
 }
@@ -51,6 +54,7 @@ pub struct ItemLimits {
     pub max_spans: u64,
     pub max_events: u64,
     pub max_links: u64,
+    pub max_logs: u64,
     pub max_values: u64,
 }
 
@@ -60,6 +64,7 @@ impl ItemLimits {
         max_spans: u64::MAX,
         max_events: u64::MAX,
         max_links: u64::MAX,
+        max_logs: u64::MAX,
         max_values: u64::MAX,
     };
 
@@ -71,16 +76,23 @@ impl ItemLimits {
             max_spans: bytes / SPAN_BYTES,
             max_events: bytes / EVENT_BYTES,
             max_links: bytes / LINK_BYTES,
+            max_logs: bytes / LOG_BYTES,
             max_values: bytes / VALUE_BYTES,
         }
     }
 }
 
-/// Counts a trace export message and checks it against `limits`; poison with
-/// its reason when it holds more than they allow, or is not a message at all.
-pub fn scan_traces(payload: &[u8], encoding: Encoding, limits: &ItemLimits) -> Result<Counts> {
+/// Counts an export message of `signal` and checks it against `limits`;
+/// poison with its reason when it holds more than they allow, or is not a
+/// message at all.
+pub fn scan(
+    payload: &[u8],
+    signal: Signal,
+    encoding: Encoding,
+    limits: &ItemLimits,
+) -> Result<Counts> {
     let counts = match encoding {
-        Encoding::OtlpProto => proto_counts(payload)?,
+        Encoding::OtlpProto => proto_counts(payload, signal)?,
         Encoding::OtlpJson => json_counts(payload)?,
     };
     let checks = [
@@ -104,6 +116,13 @@ pub fn scan_traces(payload: &[u8], encoding: Encoding, limits: &ItemLimits) -> R
             Reason::TooManyLinks,
             "links",
             "--max-links-per-message",
+        ),
+        (
+            counts.logs,
+            limits.max_logs,
+            Reason::TooManyLogRecords,
+            "log records",
+            "--max-log-records-per-message",
         ),
         (
             counts.values,
@@ -226,8 +245,12 @@ fn each<'a>(message: &'a [u8], number: u64, mut f: impl FnMut(&'a [u8]) -> Walk<
     Ok(())
 }
 
-fn proto_counts(payload: &[u8]) -> Result<Counts> {
-    walk(payload).map_err(bad_protobuf)
+fn proto_counts(payload: &[u8], signal: Signal) -> Result<Counts> {
+    match signal {
+        Signal::Traces => walk(payload),
+        Signal::Logs => walk_logs(payload),
+    }
+    .map_err(bad_protobuf)
 }
 
 fn walk(payload: &[u8]) -> Walk<Counts> {
@@ -290,6 +313,56 @@ fn span_items(span: &[u8], c: &mut Counts) -> Walk<()> {
     Ok(())
 }
 
+fn walk_logs(payload: &[u8]) -> Walk<Counts> {
+    let mut c = Counts::default();
+    // ExportLogsServiceRequest.resource_logs = 1
+    each(payload, 1, |resource_logs| {
+        let mut fields = Fields {
+            rest: resource_logs,
+        };
+        while let Some(field) = fields.next_field()? {
+            match (field.number, field.body) {
+                // ResourceLogs.resource = 1: Resource.attributes = 1
+                (1, Some(resource)) => each(resource, 1, |kv| key_value(kv, &mut c, 1))?,
+                // ResourceLogs.scope_logs = 2
+                (2, Some(scope_logs)) => log_scope(scope_logs, &mut c)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+fn log_scope(scope_logs: &[u8], c: &mut Counts) -> Walk<()> {
+    let mut fields = Fields { rest: scope_logs };
+    while let Some(field) = fields.next_field()? {
+        match (field.number, field.body) {
+            // ScopeLogs.scope = 1: InstrumentationScope.attributes = 3
+            (1, Some(scope)) => each(scope, 3, |kv| key_value(kv, c, 1))?,
+            // ScopeLogs.log_records = 2
+            (2, Some(record)) => {
+                c.logs += 1;
+                let mut fields = Fields { rest: record };
+                while let Some(field) = fields.next_field()? {
+                    match (field.number, field.body) {
+                        // LogRecord.body = 5: an AnyValue, counted as one value
+                        (5, Some(body)) => {
+                            c.values += 1;
+                            any_value(body, c, 2)?;
+                        }
+                        // LogRecord.attributes = 6
+                        (6, Some(kv)) => key_value(kv, c, 1)?,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A KeyValue: one value; KeyValue.value = 2 is an AnyValue.
 fn key_value(kv: &[u8], c: &mut Counts, depth: u32) -> Walk<()> {
     c.values += 1;
@@ -342,6 +415,7 @@ enum Key {
     Spans,
     Events,
     Links,
+    Logs,
     /// `attributes` (key-value lists) and `values` (array and map entries).
     Values,
     /// A key on the way to what is counted.
@@ -356,9 +430,11 @@ impl Key {
             "spans" => Key::Spans,
             "events" => Key::Events,
             "links" => Key::Links,
+            "logRecords" | "log_records" => Key::Logs,
             "attributes" | "values" => Key::Values,
             "resourceSpans" | "resource_spans" | "scopeSpans" | "scope_spans" | "resource"
-            | "scope" | "value" | "arrayValue" | "array_value" | "kvlistValue" | "kvlist_value" => {
+            | "scope" | "value" | "arrayValue" | "array_value" | "kvlistValue" | "kvlist_value"
+            | "resourceLogs" | "resource_logs" | "scopeLogs" | "scope_logs" | "body" => {
                 Key::Structure
             }
             _ => Key::Other,
@@ -423,6 +499,7 @@ impl<'de> Visitor<'de> for Node<'_> {
                 Key::Spans => self.counts.spans += 1,
                 Key::Events => self.counts.events += 1,
                 Key::Links => self.counts.links += 1,
+                Key::Logs => self.counts.logs += 1,
                 Key::Values => self.counts.values += 1,
                 Key::Structure | Key::Other => {}
             }
@@ -513,6 +590,7 @@ mod tests {
         spans: 2,
         events: 2,
         links: 1,
+        logs: 0,
         // Two span attributes, three array entries, one link attribute.
         values: 6,
     };
@@ -524,9 +602,12 @@ mod tests {
     #[test]
     fn protobuf_is_counted_without_decoding() {
         let bytes = request().encode_to_vec();
-        assert_eq!(proto_counts(&bytes).unwrap(), EXPECTED);
-        assert_eq!(proto_counts(&[]).unwrap(), Counts::default());
-        assert!(proto_counts(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(proto_counts(&bytes, Signal::Traces).unwrap(), EXPECTED);
+        assert_eq!(
+            proto_counts(&[], Signal::Traces).unwrap(),
+            Counts::default()
+        );
+        assert!(proto_counts(&bytes[..bytes.len() - 1], Signal::Traces).is_err());
     }
 
     #[test]
@@ -555,10 +636,10 @@ mod tests {
             max_spans: 100_000,
             ..unlimited()
         };
-        let err = scan_traces(&request, Encoding::OtlpProto, &limits).unwrap_err();
+        let err = scan(&request, Signal::Traces, Encoding::OtlpProto, &limits).unwrap_err();
         assert_eq!(err.reason(), Some(Reason::TooManySpans), "{err}");
         assert!(err.to_string().contains("1000000 spans"), "{err}");
-        let counts = scan_traces(&request, Encoding::OtlpProto, &unlimited()).unwrap();
+        let counts = scan(&request, Signal::Traces, Encoding::OtlpProto, &unlimited()).unwrap();
         assert!(counts.decoded_bytes(request.len()) > 300_000_000);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::{Error, Reason, Result};
-use crate::model::{DecodedTraces, SpanEventRow, SpanRow};
+use crate::model::{Decoded, SpanEventRow, SpanRow};
 use crate::otlp::common::v1::{any_value::Value, InstrumentationScope};
 use crate::otlp::resource::v1::Resource;
 use crate::otlp::trace::v1::{span, Span};
@@ -65,12 +65,12 @@ pub(super) fn span_rows(
     tenant: &Arc<str>,
     limits: &Limits,
     now: SystemTime,
-) -> Result<DecodedTraces> {
+) -> Result<Decoded> {
     let mut rows = SpanRows {
         tenant,
         window: Window::new(now, limits),
         json: JsonWriter::new(limits),
-        out: DecodedTraces::default(),
+        out: Decoded::default(),
     };
     rows.reserve(&request);
     for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
@@ -95,7 +95,7 @@ struct SpanRows<'a> {
     tenant: &'a Arc<str>,
     window: Window,
     json: JsonWriter,
-    out: DecodedTraces,
+    out: Decoded,
 }
 
 /// What identifies a span's events: the span's key columns.

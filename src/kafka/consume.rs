@@ -209,16 +209,21 @@ async fn poll(consumer: &Consumer, stopper: &Stopper) {
     }
 }
 
-/// Waits until every topic exists, saying so in the log and in readiness. A
-/// missing topic is not fatal, nor are brokers that do not answer: the
-/// instance stays unready and keeps looking.
+/// How often missing topics are looked for again.
+const TOPIC_LOOKUP: Duration = Duration::from_secs(5);
+
+/// Waits until at least one of `topics` exists and returns those that do.
+/// A missing topic is not fatal, nor are brokers that do not answer: the
+/// instance stays unready and keeps looking. Each topic is waited for on its
+/// own ([`watch_for_topics`]), so that a logs topic nobody has created yet
+/// never holds up the traces.
 pub async fn wait_for_topics(
     consumer: &Arc<Consumer>,
     brokers: &str,
     topics: &[String],
     health: &Health,
     stop: &CancellationToken,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let mut attempt: u32 = 0;
     loop {
         let found = find_topics(consumer, topics).await?;
@@ -227,17 +232,61 @@ pub async fn wait_for_topics(
                 tracing::warn!(error = %e, brokers, "no metadata from the brokers (--brokers); retrying");
             }
             health.set_kafka_error(format!("no metadata from {brokers}: {e}"));
-        } else if found.missing.is_empty() {
+        } else if found.missing.len() < topics.len() {
             health.set_topics_missing(Vec::new());
-            return Ok(());
+            return Ok(found.present(topics));
         } else if attempt.is_multiple_of(6) {
-            tracing::warn!(topics = ?found.missing, "waiting for topics to exist (--traces-topic); not ready until they do");
+            tracing::warn!(topics = ?found.missing, "waiting for topics to exist (--traces-topic, --logs-topic); not ready until one does");
         }
         health.set_topics_missing(found.missing);
         attempt += 1;
         tokio::select! {
             _ = stop.cancelled() => return Err(Error::Shutdown),
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(TOPIC_LOOKUP) => {}
+        }
+    }
+}
+
+/// Looks for the topics not yet consumed until they all are: each one that
+/// appears is added to the subscription (`subscribe` gets the whole list),
+/// which rebalances the group onto it. Ends when every topic is consumed or
+/// on shutdown.
+pub async fn watch_for_topics(
+    consumer: Arc<Consumer>,
+    topics: Vec<String>,
+    mut consumed: Vec<String>,
+    stop: CancellationToken,
+    subscribe: impl Fn(&[String]) -> Result<()>,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        let waiting: Vec<String> = topics
+            .iter()
+            .filter(|t| !consumed.contains(t))
+            .cloned()
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TOPIC_LOOKUP) => {}
+        }
+        let found = match find_topics(&consumer, &waiting).await {
+            Ok(found) if found.unanswered.is_none() => found,
+            _ => continue,
+        };
+        let appeared = found.present(&waiting);
+        if appeared.is_empty() {
+            if attempt.is_multiple_of(12) {
+                tracing::warn!(topics = ?waiting, "topics do not exist yet; the others are consumed meanwhile");
+            }
+            attempt += 1;
+            continue;
+        }
+        consumed.extend(appeared);
+        if let Err(e) = subscribe(&consumed) {
+            tracing::error!(error = %e, "cannot widen the subscription");
         }
     }
 }
@@ -249,6 +298,17 @@ struct Found {
     /// Why the brokers did not answer, if they did not: whether the topics
     /// exist is then unknown.
     unanswered: Option<Error>,
+}
+
+impl Found {
+    /// The topics of `asked` the brokers know.
+    fn present(&self, asked: &[String]) -> Vec<String> {
+        asked
+            .iter()
+            .filter(|t| !self.missing.contains(t))
+            .cloned()
+            .collect()
+    }
 }
 
 async fn find_topics(consumer: &Arc<Consumer>, topics: &[String]) -> Result<Found> {

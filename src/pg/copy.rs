@@ -16,7 +16,7 @@ use futures::SinkExt;
 use tokio_postgres::{Statement, Transaction};
 
 use crate::error::{Error, Reason, Result};
-use crate::model::{SpanEventRow, SpanRow};
+use crate::model::{LogRow, SpanEventRow, SpanRow};
 
 pub use encode::{CopyEncoder, Timestamptz};
 
@@ -34,6 +34,9 @@ pub const SPAN_FIELDS: i16 = 25;
 /// Fields of a row of `sql/copy_events.sql` and `sql/events_copy_direct.sql`.
 pub const EVENT_FIELDS: i16 = 10;
 
+/// Fields of a row of `sql/copy_logs.sql` and `sql/logs_copy_direct.sql`.
+pub const LOG_FIELDS: i16 = 19;
+
 /// Streams spans into the table of `stmt` (`sql/copy_spans.sql` or
 /// `sql/spans_copy_direct.sql`); returns the rows copied.
 pub async fn copy_spans(tx: &Transaction<'_>, stmt: &Statement, spans: &[&SpanRow]) -> Result<u64> {
@@ -48,6 +51,12 @@ pub async fn copy_events(
     events: &[&SpanEventRow],
 ) -> Result<u64> {
     copy_rows(tx, stmt, events, |enc, e| encode_event(enc, e)).await
+}
+
+/// Streams log records into the table of `stmt` (`sql/copy_logs.sql` or
+/// `sql/logs_copy_direct.sql`); returns the rows copied.
+pub async fn copy_logs(tx: &Transaction<'_>, stmt: &Statement, logs: &[&LogRow]) -> Result<u64> {
+    copy_rows(tx, stmt, logs, |enc, l| encode_log(enc, l)).await
 }
 
 /// Runs the COPY of `stmt`, encoding each row with `encode` and sending the
@@ -128,10 +137,37 @@ pub fn encode_event(enc: &mut CopyEncoder, e: &SpanEventRow) -> Result<()> {
     })
 }
 
+/// Appends one log record in the column order of `sql/copy_logs.sql`.
+pub fn encode_log(enc: &mut CopyEncoder, l: &LogRow) -> Result<()> {
+    let severity = narrow::<i16, _>("log severity number", l.severity_number)?;
+    enc.row(LOG_FIELDS, |r| {
+        r.text(&l.tenant_id)?;
+        r.bytea(&l.record_id)?;
+        r.timestamptz(Timestamptz::from_unix_nano(l.time_unix_nano));
+        r.int8(l.time_unix_nano);
+        r.timestamptz(Timestamptz::from_unix_nano(l.observed_time_unix_nano));
+        r.int8(l.observed_time_unix_nano);
+        r.int2(severity);
+        r.text(&l.severity_text)?;
+        r.jsonb(&l.body)?;
+        r.jsonb(&l.attributes)?;
+        r.jsonb(&l.resource_attributes)?;
+        r.text_opt(l.service_name.as_deref())?;
+        r.text(&l.scope_name)?;
+        r.text(&l.scope_version)?;
+        r.text(&l.event_name)?;
+        r.int8(i64::from(l.flags));
+        r.bytea_opt(l.trace_id.as_ref().map(|t| &t[..]))?;
+        r.bytea_opt(l.span_id.as_ref().map(|s| &s[..]))?;
+        r.int8(i64::from(l.dropped_attributes_count));
+        Ok(())
+    })
+}
+
 /// Fits a value into a narrower column type. A value that does not fit is
 /// what PostgreSQL would refuse with SQLSTATE 22003: a fault of the message,
 /// never worth a retry.
-fn narrow<T, V>(what: &str, v: V) -> Result<T>
+pub(crate) fn narrow<T, V>(what: &str, v: V) -> Result<T>
 where
     T: TryFrom<V>,
     V: Copy + std::fmt::Display,
@@ -299,6 +335,52 @@ mod tests {
         assert_eq!(
             field("dropped_attributes_count"),
             &some(&8_i64.to_be_bytes())
+        );
+    }
+
+    #[test]
+    fn a_log_record_is_written_in_the_column_order_of_its_copy_statements() {
+        let log = LogRow {
+            tenant_id: Arc::from("acme"),
+            record_id: [9; 16],
+            time_unix_nano: 946_684_800_000_001_000,
+            observed_time_unix_nano: 946_684_800_000_002_000,
+            severity_number: 17,
+            severity_text: "ERROR".into(),
+            body: r#""boom""#.into(),
+            attributes: "{}".into(),
+            resource_attributes: Arc::from("{}"),
+            service_name: None,
+            scope_name: Arc::from("lib"),
+            scope_version: Arc::from(""),
+            flags: 1,
+            trace_id: Some([1; 16]),
+            span_id: None,
+            event_name: String::new(),
+            dropped_attributes_count: 4,
+        };
+        let row = one_row(|enc| encode_log(enc, &log));
+        for sql in [
+            include_str!("../../sql/copy_logs.sql"),
+            include_str!("../../sql/logs_copy_direct.sql"),
+            include_str!("../../sql/logs_move.sql"),
+        ] {
+            assert_eq!(columns(sql).len(), row.len());
+        }
+        assert_eq!(row.len(), usize::try_from(LOG_FIELDS).unwrap());
+        let names = columns(include_str!("../../sql/copy_logs.sql"));
+        let field = |name: &str| &row[names.iter().position(|c| c == name).unwrap()];
+        assert_eq!(field("record_id"), &some(&[9; 16]));
+        assert_eq!(field("time"), &some(&1_i64.to_be_bytes()));
+        assert_eq!(field("observed_time"), &some(&2_i64.to_be_bytes()));
+        assert_eq!(field("severity_number"), &some(&17_i16.to_be_bytes()));
+        assert_eq!(field("body"), &some(b"\x01\"boom\""));
+        assert_eq!(field("service_name"), &None);
+        assert_eq!(field("trace_id"), &some(&[1; 16]));
+        assert_eq!(field("span_id"), &None);
+        assert_eq!(
+            field("dropped_attributes_count"),
+            &some(&4_i64.to_be_bytes())
         );
     }
 

@@ -1,14 +1,19 @@
 //! A batch's rows as one transaction writes them: each span once.
+//!
+//! Log records need no such pass: their key is where they were read, so a
+//! batch holds each one once, and `ON CONFLICT DO NOTHING` on the staged path
+//! tolerates a key proposed twice anyway.
 
 use std::collections::hash_map::{Entry, HashMap};
 
-use crate::model::{DecodedTraces, SpanEventRow, SpanRow};
+use crate::model::{Decoded, LogRow, SpanEventRow, SpanRow};
 use crate::pg::partitions::day_of_unix_nano;
 
 /// A batch's rows after deduplication within the batch.
 pub(crate) struct Rows<'a> {
     pub spans: Vec<&'a SpanRow>,
     pub events: Vec<&'a SpanEventRow>,
+    pub logs: Vec<&'a LogRow>,
     /// Spans in the batch before deduplication.
     pub total_spans: usize,
 }
@@ -27,7 +32,7 @@ impl<'a> Rows<'a> {
     /// stored never depends on chance) and the events of the message it came
     /// from. Besides exact counts, this keeps the traces upsert valid:
     /// ON CONFLICT DO UPDATE refuses a statement that proposes one key twice.
-    pub fn dedupe(messages: &[&'a DecodedTraces]) -> Self {
+    pub fn dedupe(messages: &[&'a Decoded]) -> Self {
         let mut winner: HashMap<SpanKey<'a>, usize> = HashMap::new();
         let mut spans = Vec::new();
         let mut total_spans = 0;
@@ -62,18 +67,29 @@ impl<'a> Rows<'a> {
                 })
             })
             .collect();
+        let logs = messages.iter().flat_map(|m| &m.logs).collect();
         Rows {
             spans,
             events,
+            logs,
             total_spans,
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty() && self.events.is_empty() && self.logs.is_empty()
     }
 
     /// The UTC days whose partitions the rows go to.
     pub fn days(&self) -> Vec<i32> {
         let spans = self.spans.iter().map(|s| s.start_unix_nano);
         let events = self.events.iter().map(|e| e.span_start_unix_nano);
-        let mut days: Vec<i32> = spans.chain(events).map(day_of_unix_nano).collect();
+        let logs = self.logs.iter().map(|l| l.time_unix_nano);
+        let mut days: Vec<i32> = spans
+            .chain(events)
+            .chain(logs)
+            .map(day_of_unix_nano)
+            .collect();
         days.sort_unstable();
         days.dedup();
         days
@@ -106,9 +122,9 @@ mod tests {
         }
     }
 
-    fn message(spans: Vec<SpanRow>, event_name: &str) -> DecodedTraces {
+    fn message(spans: Vec<SpanRow>, event_name: &str) -> Decoded {
         let events = spans.iter().map(|s| event(s, event_name)).collect();
-        DecodedTraces {
+        Decoded {
             spans,
             events,
             ..Default::default()

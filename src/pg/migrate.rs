@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0002_dead_letter_ledger.sql"),
     },
     Migration {
+        version: 3,
+        name: "logs_span_metrics",
+        sql: include_str!("../../migrations/0003_logs_span_metrics.sql"),
+    },
+    Migration {
         version: 4,
         name: "tenant_isolation",
         sql: include_str!("../../migrations/0004_tenant_isolation.sql"),

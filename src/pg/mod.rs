@@ -11,6 +11,8 @@ pub mod migrate;
 pub mod offsets;
 pub mod partitions;
 pub mod pool;
+pub mod retention;
+pub mod span_metrics;
 pub mod tenant;
 pub mod tls;
 pub mod traces;

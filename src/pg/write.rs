@@ -16,12 +16,12 @@ use tokio_postgres::Statement;
 
 use crate::error::{is_missing_partition, Error, Result};
 use crate::metric;
-use crate::model::DecodedTraces;
+use crate::model::Decoded;
 use crate::pg::dedupe::Rows;
 use crate::pg::offsets::{self, PartitionKey};
 use crate::pg::partitions::Partitions;
 use crate::pg::pool::TxConnection;
-use crate::pg::{copy, pool, traces};
+use crate::pg::{copy, pool, span_metrics, traces};
 
 const OFFSETS_ADVANCE: &str = include_str!("../../sql/offsets_advance.sql");
 const OFFSETS_CLAIM: &str = include_str!("../../sql/offsets_claim.sql");
@@ -33,6 +33,11 @@ const SPANS_COPY_DIRECT: &str = include_str!("../../sql/spans_copy_direct.sql");
 const EVENTS_COPY_DIRECT: &str = include_str!("../../sql/events_copy_direct.sql");
 const TRACES_COPY_STAGE: &str = include_str!("../../sql/traces_copy_stage.sql");
 const TRACES_UPSERT: &str = include_str!("../../sql/traces_upsert.sql");
+const COPY_LOGS: &str = include_str!("../../sql/copy_logs.sql");
+const LOGS_MOVE: &str = include_str!("../../sql/logs_move.sql");
+const LOGS_COPY_DIRECT: &str = include_str!("../../sql/logs_copy_direct.sql");
+const SPAN_METRICS_COPY_STAGE: &str = include_str!("../../sql/span_metrics_copy_stage.sql");
+const SPAN_METRICS_UPSERT: &str = include_str!("../../sql/span_metrics_upsert.sql");
 const DEAD_LETTERS_RECORD: &str = include_str!("../../sql/dead_letters_record.sql");
 const DEAD_LETTERS_REPLAYED: &str = include_str!("../../sql/dead_letters_replayed.sql");
 
@@ -69,7 +74,7 @@ pub struct WriteBatch<'a> {
     /// is marked in the same transaction. Never fenced.
     pub replayed: bool,
     /// The decoded messages of the batch, in offset order (a subset during poison bisection).
-    pub messages: &'a [&'a DecodedTraces],
+    pub messages: &'a [&'a Decoded],
     /// The dead letters among the batch's messages, for the ledger.
     pub dead_letters: &'a [LedgerEntry],
     pub recorder: Recorder<'a>,
@@ -85,6 +90,31 @@ pub struct WriteStats {
     pub links_inserted: u64,
     /// `traces` rows inserted or updated.
     pub traces_touched: u64,
+    pub logs_inserted: u64,
+    /// Log records of the batch already stored (a replayed message).
+    pub logs_duplicate: u64,
+}
+
+impl std::ops::AddAssign for WriteStats {
+    fn add_assign(&mut self, other: WriteStats) {
+        // Destructured without `..`: a new field cannot be left out of the sum.
+        let WriteStats {
+            spans_inserted,
+            spans_duplicate,
+            events_inserted,
+            links_inserted,
+            traces_touched,
+            logs_inserted,
+            logs_duplicate,
+        } = other;
+        self.spans_inserted += spans_inserted;
+        self.spans_duplicate += spans_duplicate;
+        self.events_inserted += events_inserted;
+        self.links_inserted += links_inserted;
+        self.traces_touched += traces_touched;
+        self.logs_inserted += logs_inserted;
+        self.logs_duplicate += logs_duplicate;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +179,7 @@ impl Writer {
     /// replaying twice changes nothing.
     pub async fn write_replayed(
         &self,
-        messages: &[&DecodedTraces],
+        messages: &[&Decoded],
         source: Option<(PartitionKey<'_>, i64)>,
     ) -> Result<WriteStats> {
         let rows = Rows::dedupe(messages);
@@ -241,6 +271,11 @@ struct Statements {
     events_direct: Statement,
     traces_stage: Statement,
     traces_upsert: Statement,
+    copy_logs: Statement,
+    logs_move: Statement,
+    logs_direct: Statement,
+    metrics_stage: Statement,
+    metrics_upsert: Statement,
     record_dead_letters: Statement,
 }
 
@@ -275,6 +310,13 @@ impl Statements {
             client.prepare_cached(TRACES_UPSERT),
             client.prepare_cached(DEAD_LETTERS_RECORD),
         )?;
+        let (copy_logs, logs_move, logs_direct, metrics_stage, metrics_upsert) = futures::try_join!(
+            client.prepare_cached(COPY_LOGS),
+            client.prepare_cached(LOGS_MOVE),
+            client.prepare_cached(LOGS_COPY_DIRECT),
+            client.prepare_cached(SPAN_METRICS_COPY_STAGE),
+            client.prepare_cached(SPAN_METRICS_UPSERT),
+        )?;
         Ok(Statements {
             advance,
             claim,
@@ -286,6 +328,11 @@ impl Statements {
             events_direct,
             traces_stage,
             traces_upsert,
+            copy_logs,
+            logs_move,
+            logs_direct,
+            metrics_stage,
+            metrics_upsert,
             record_dead_letters,
         })
     }
@@ -375,8 +422,9 @@ async fn body(
         )
         .await?;
     }
-    let mut stats = write_rows(tx, stmts, rows).await?;
+    let mut stats = write_rows(tx, stmts, rows, batch.key.partition).await?;
     stats.spans_duplicate = (rows.total_spans as u64).saturating_sub(stats.spans_inserted);
+    stats.logs_duplicate = (rows.logs.len() as u64).saturating_sub(stats.logs_inserted);
     crate::fault::panic_on_span(rows.spans.iter().map(|s| s.name.as_str()));
     Ok(Some(stats))
 }
@@ -386,21 +434,23 @@ const RELEASE: &str = "RELEASE SAVEPOINT spansink_direct";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT spansink_direct";
 
 /// The batch's rows. Direct first: COPY straight into the tables and one
-/// upsert of the traces the batch's spans make, which is exact when none of
-/// them is stored yet, as in all but a replay. A span already stored makes the
-/// COPY fail with a unique violation; the batch then goes again, from the
-/// savepoint, down the staged path, whose `ON CONFLICT DO NOTHING` counts
-/// exactly what it inserts.
+/// upsert each of the traces and the span_metrics buckets the batch's spans
+/// make, which is exact when none of them is stored yet, as in all but a
+/// replay. A span or log record already stored makes the COPY fail with a
+/// unique violation; the batch then goes again, from the savepoint, down the
+/// staged path, whose `ON CONFLICT DO NOTHING` counts exactly what it
+/// inserts. `shard` is the Kafka partition: the span_metrics shard.
 async fn write_rows(
     tx: &Transaction<'_>,
     stmts: &Statements,
     rows: &Rows<'_>,
+    shard: i32,
 ) -> Result<WriteStats> {
-    if rows.spans.is_empty() && rows.events.is_empty() {
+    if rows.is_empty() {
         return Ok(WriteStats::default());
     }
     tx.batch_execute(SAVEPOINT).await?;
-    match write_direct(tx, stmts, rows).await {
+    match write_direct(tx, stmts, rows, shard).await {
         Ok(stats) => {
             tx.batch_execute(RELEASE).await?;
             metrics::counter!(metric::BATCH_WRITE_PATH, "path" => "direct").increment(1);
@@ -409,7 +459,7 @@ async fn write_rows(
         Err(Error::Postgres(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute(ROLLBACK_TO).await?;
             metrics::counter!(metric::BATCH_WRITE_PATH, "path" => "staged").increment(1);
-            write_staged(tx, stmts, rows).await
+            write_staged(tx, stmts, rows, shard).await
         }
         Err(e) => Err(e),
     }
@@ -419,6 +469,7 @@ async fn write_direct(
     tx: &Transaction<'_>,
     stmts: &Statements,
     rows: &Rows<'_>,
+    shard: i32,
 ) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
     if !rows.spans.is_empty() {
@@ -427,9 +478,15 @@ async fn write_direct(
         let traces = traces::fold(rows.spans.iter().copied());
         traces::copy_traces(tx, &stmts.traces_stage, &traces).await?;
         stats.traces_touched = tx.execute(&stmts.traces_upsert, &[]).await?;
+        let buckets = span_metrics::fold(rows.spans.iter().copied());
+        span_metrics::copy_metrics(tx, &stmts.metrics_stage, &buckets).await?;
+        tx.execute(&stmts.metrics_upsert, &[&shard]).await?;
     }
     if !rows.events.is_empty() {
         stats.events_inserted = copy::copy_events(tx, &stmts.events_direct, &rows.events).await?;
+    }
+    if !rows.logs.is_empty() {
+        stats.logs_inserted = copy::copy_logs(tx, &stmts.logs_direct, &rows.logs).await?;
     }
     Ok(stats)
 }
@@ -438,18 +495,25 @@ async fn write_staged(
     tx: &Transaction<'_>,
     stmts: &Statements,
     rows: &Rows<'_>,
+    shard: i32,
 ) -> Result<WriteStats> {
     let mut stats = WriteStats::default();
     if !rows.spans.is_empty() {
         copy::copy_spans(tx, &stmts.copy_spans, &rows.spans).await?;
+        // Also stages the inserted spans' span_metrics buckets.
         let moved = tx.query_one(&stmts.spans_move, &[]).await?;
         stats.spans_inserted = count(moved.try_get("spans_inserted")?);
         stats.links_inserted = count(moved.try_get("links_inserted")?);
         stats.traces_touched = count(moved.try_get("traces_touched")?);
+        tx.execute(&stmts.metrics_upsert, &[&shard]).await?;
     }
     if !rows.events.is_empty() {
         copy::copy_events(tx, &stmts.copy_events, &rows.events).await?;
         stats.events_inserted = tx.execute(&stmts.events_move, &[]).await?;
+    }
+    if !rows.logs.is_empty() {
+        copy::copy_logs(tx, &stmts.copy_logs, &rows.logs).await?;
+        stats.logs_inserted = tx.execute(&stmts.logs_move, &[]).await?;
     }
     Ok(stats)
 }

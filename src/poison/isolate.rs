@@ -22,7 +22,7 @@ use crate::blocking;
 use crate::error::{Class, Error, Reason};
 use crate::health::Health;
 use crate::metric;
-use crate::model::DecodedTraces;
+use crate::model::Decoded;
 use crate::otlp::spansink::v1::{DeadLetter, Header};
 use crate::pg::offsets::PartitionKey;
 use crate::pg::write::{
@@ -88,7 +88,7 @@ pub async fn commit(
     ctx: &Ctx<'_>,
     expected: &mut Option<i64>,
     messages: &[Received],
-    decoded: &[Result<DecodedTraces, Error>],
+    decoded: &[Result<Decoded, Error>],
 ) -> Outcome {
     let mut b = Bisection::new(messages.len());
     // Known poison (decode and validation) is spooled first, before any
@@ -106,7 +106,7 @@ pub async fn commit(
         if ctx.stop.is_cancelled() {
             return Outcome::Stopped;
         }
-        let rows: Vec<&DecodedTraces> = (lo..hi)
+        let rows: Vec<&Decoded> = (lo..hi)
             .filter(|i| b.ledger[*i].is_none())
             .filter_map(|i| decoded[i].as_ref().ok())
             .collect();
@@ -280,18 +280,14 @@ fn split(good: &[usize], (lo, hi): (usize, usize), pending: &mut Vec<(usize, usi
 }
 
 fn add(total: &mut WriteStats, s: WriteStats) {
-    total.spans_inserted += s.spans_inserted;
-    total.spans_duplicate += s.spans_duplicate;
-    total.events_inserted += s.events_inserted;
-    total.links_inserted += s.links_inserted;
-    total.traces_touched += s.traces_touched;
+    *total += s;
 }
 
 /// Writes one range in one transaction, retried while failures are transient.
 async fn write_range(
     ctx: &Ctx<'_>,
     expected: Option<i64>,
-    rows: &[&DecodedTraces],
+    rows: &[&Decoded],
     dead_letters: &[LedgerEntry],
     next_offset: i64,
 ) -> RangeOutcome {

@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 
 use crate::batch::{Batch, BatchLimits, Received};
 use crate::blocking;
-use crate::decode::Encoding;
+use crate::decode::Source;
 use crate::decode::{self, Limits};
 use crate::error::{Error, Reason};
 use crate::health::Health;
@@ -37,7 +37,7 @@ use crate::kafka::consume::Consumer;
 use crate::kafka::lag::Lag;
 use crate::kafka::rebalance::{Context, TopicPartition};
 use crate::metric;
-use crate::model::{DecodedTraces, Sanitized};
+use crate::model::{Decoded, Origin, Sanitized};
 use crate::pg::offsets::PartitionKey;
 use crate::pg::write::{WriteStats, Writer};
 use crate::poison::breaker::{Admission, Breakers, Probe};
@@ -107,7 +107,7 @@ pub struct Assigned {
     pub queue: StreamPartitionQueue<Context>,
     pub topic: String,
     pub partition: i32,
-    pub encoding: Encoding,
+    pub source: Source,
     /// What PostgreSQL held when the partition was assigned.
     pub stored: Option<i64>,
     pub owned: Ownership,
@@ -127,7 +127,7 @@ pub struct PartitionWorker {
     queue: StreamPartitionQueue<Context>,
     topic: String,
     partition: i32,
-    encoding: Encoding,
+    source: Source,
     owned: Ownership,
     /// The partition's offset in PostgreSQL as this worker last read or wrote it.
     expected: Option<i64>,
@@ -157,7 +157,7 @@ impl PartitionWorker {
             queue: assigned.queue,
             topic: assigned.topic,
             partition: assigned.partition,
-            encoding: assigned.encoding,
+            source: assigned.source,
             owned: assigned.owned,
             expected: assigned.stored,
             stop: assigned.stop,

@@ -104,7 +104,7 @@ impl PartitionWorker {
         }
         let tenant = crate::tenant::resolve(tenant_header.as_deref(), &settings.default_tenant);
         // Counted now, so that the budget covers what decoding will make of it.
-        let decoded = decode::scan_traces(payload, self.encoding, &settings.limits)
+        let decoded = decode::scan(payload, self.source, &settings.limits)
             .map(|counts| counts.decoded_bytes(payload.len()));
         Some(Received {
             offset,

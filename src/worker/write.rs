@@ -142,7 +142,7 @@ impl PartitionWorker {
     pub(super) async fn commit_decoded(
         &mut self,
         messages: &[Received],
-        decoded: Vec<Result<DecodedTraces, Error>>,
+        decoded: Vec<Result<Decoded, Error>>,
         probe: Option<&Probe>,
         started: Instant,
     ) -> Flow {
@@ -207,7 +207,7 @@ impl PartitionWorker {
     }
 
     /// Decodes one message; a panic in the decoder makes that message poison, not the process.
-    pub(super) fn decode(&self, message: &Received) -> Result<DecodedTraces, Error> {
+    pub(super) fn decode(&self, message: &Received) -> Result<Decoded, Error> {
         let tenant = match &message.tenant {
             Ok(t) => t,
             Err(e) => {
@@ -222,10 +222,16 @@ impl PartitionWorker {
         if let Err(refused) = &message.decoded {
             return Err(refused.reissue());
         }
-        let (payload, encoding, limits) = (&message.payload, self.encoding, &settings.limits);
+        let (payload, source, limits) = (&message.payload, self.source, &settings.limits);
+        let origin = Origin {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: message.offset,
+            timestamp_ms: message.timestamp_ms,
+        };
         // Decoding reads only its inputs: nothing it could leave half-changed.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decode::decode_scanned_traces(payload, encoding, tenant, limits, SystemTime::now())
+            decode::decode_scanned(payload, source, tenant, &origin, limits, SystemTime::now())
         }))
         .unwrap_or_else(|panic| {
             metrics::counter!(metric::PANICS).increment(1);
@@ -236,7 +242,7 @@ impl PartitionWorker {
     pub(super) fn record_write(
         &self,
         messages: &[Received],
-        decoded: &[Result<DecodedTraces, Error>],
+        decoded: &[Result<Decoded, Error>],
         stats: WriteStats,
         took: Duration,
     ) {
@@ -247,6 +253,8 @@ impl PartitionWorker {
         metrics::counter!(metric::SPANS_DUPLICATE, &topic).increment(stats.spans_duplicate);
         metrics::counter!(metric::SPAN_EVENTS_WRITTEN, &topic).increment(stats.events_inserted);
         metrics::counter!(metric::SPAN_LINKS_WRITTEN, &topic).increment(stats.links_inserted);
+        metrics::counter!(metric::LOG_RECORDS_WRITTEN, &topic).increment(stats.logs_inserted);
+        metrics::counter!(metric::LOG_RECORDS_DUPLICATE, &topic).increment(stats.logs_duplicate);
         metrics::histogram!(metric::BATCH_MESSAGES).record(messages.len() as f64);
         let spans: usize = decoded
             .iter()
@@ -271,6 +279,7 @@ impl PartitionWorker {
             messages = messages.len(),
             spans = stats.spans_inserted,
             duplicates = stats.spans_duplicate,
+            logs = stats.logs_inserted,
             took_ms = took.as_millis() as u64,
             "batch committed"
         );

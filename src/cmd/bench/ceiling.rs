@@ -3,9 +3,11 @@
 //! pipeline used, in batches of the same size, with no Kafka, no decoding, no
 //! staging table and no offset fence.
 //!
-//! Two ceilings: `upsert` writes `traces` by the same `ON CONFLICT DO UPDATE`
-//! the pipeline runs (the pipeline must: a trace may come back); `copy`
-//! copies `traces` too, which only a bench that knows every trace is new can.
+//! Two ceilings: `upsert` writes `traces` and `span_metrics` by the same
+//! `ON CONFLICT DO UPDATE`s the pipeline runs (the pipeline must: a trace or a
+//! minute may come back), each connection in a shard of its own as each
+//! partition is; `copy` copies spans, events and `traces`, which only a bench
+//! that knows every trace is new can, and leaves `span_metrics` out.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,8 +19,9 @@ use super::db;
 use super::measure;
 use super::Figures;
 use crate::error::{Error, Result};
-use crate::model::{DecodedTraces, SpanEventRow, SpanRow};
+use crate::model::{Decoded, SpanEventRow, SpanRow};
 use crate::pg::copy;
+use crate::pg::span_metrics::{self, MetricRow};
 use crate::pg::traces::{self, TraceRow};
 
 /// How `traces` is written.
@@ -33,10 +36,11 @@ pub struct Batch {
     pub spans: Vec<SpanRow>,
     pub events: Vec<SpanEventRow>,
     pub traces: Vec<TraceRow>,
+    pub metrics: Vec<MetricRow>,
 }
 
 impl Batch {
-    pub fn of(messages: Vec<DecodedTraces>) -> Batch {
+    pub fn of(messages: Vec<Decoded>) -> Batch {
         let mut spans = Vec::new();
         let mut events = Vec::new();
         for m in messages {
@@ -44,10 +48,12 @@ impl Batch {
             events.extend(m.events);
         }
         let traces = traces::fold(&spans);
+        let metrics = span_metrics::fold(&spans);
         Batch {
             spans,
             events,
             traces,
+            metrics,
         }
     }
 }
@@ -82,10 +88,11 @@ pub async fn measure(
     let started = Instant::now();
     let cpu_before = measure::cpu_by_pid(&backends);
     let mut tasks = Vec::new();
-    for mut client in clients {
+    for (shard, mut client) in clients.into_iter().enumerate() {
         let queue = Arc::clone(&queue);
+        let shard = shard as i32;
         tasks.push(tokio::spawn(async move {
-            let took = drain(&mut client, &queue, traces).await;
+            let took = drain(&mut client, &queue, traces, shard).await;
             // Kept open: its server process is measured after the last commit.
             (client, took)
         }));
@@ -127,6 +134,7 @@ async fn drain(
     client: &mut Client,
     queue: &Mutex<VecDeque<Batch>>,
     traces: Traces,
+    shard: i32,
 ) -> Result<Vec<f64>> {
     let spans = client
         .prepare(include_str!("../../../sql/spans_copy_direct.sql"))
@@ -152,6 +160,17 @@ async fn drain(
             None,
         ),
     };
+    let metrics = match traces {
+        Traces::Upsert => Some((
+            client
+                .prepare(include_str!("../../../sql/span_metrics_copy_stage.sql"))
+                .await?,
+            client
+                .prepare(include_str!("../../../sql/span_metrics_upsert.sql"))
+                .await?,
+        )),
+        Traces::Copy => None,
+    };
     let mut took = Vec::new();
     loop {
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
@@ -165,6 +184,10 @@ async fn drain(
         traces::copy_traces(&tx, &copy_traces, &batch.traces).await?;
         if let Some(upsert) = &upsert {
             tx.execute(upsert, &[]).await?;
+        }
+        if let Some((stage, upsert)) = &metrics {
+            span_metrics::copy_metrics(&tx, stage, &batch.metrics).await?;
+            tx.execute(upsert, &[&shard]).await?;
         }
         tx.commit().await?;
         took.push(started.elapsed().as_secs_f64());

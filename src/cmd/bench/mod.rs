@@ -31,7 +31,7 @@ pub use report::{Figures, Round};
 use crate::config::{DbArgs, Encoding};
 use crate::decode::Limits;
 use crate::error::{Error, Result};
-use crate::model::DecodedTraces;
+use crate::model::Decoded;
 use broker::Broker;
 use ceiling::{Batch, Traces};
 use traffic::Traffic;
@@ -131,7 +131,7 @@ fn validate(args: &BenchArgs) -> Result<()> {
 }
 
 /// Every message decoded as the pipeline decodes it, for the ceilings.
-async fn decode_all(traffic: &Arc<Traffic>, limits: &Limits) -> Result<Arc<Vec<DecodedTraces>>> {
+async fn decode_all(traffic: &Arc<Traffic>, limits: &Limits) -> Result<Arc<Vec<Decoded>>> {
     let (traffic, limits) = (Arc::clone(traffic), limits.clone());
     crate::blocking::run("decoding the bench traffic", move || {
         let now = SystemTime::now();
@@ -152,7 +152,7 @@ async fn round(
     server: &db::Server,
     template: &str,
     traffic: &Traffic,
-    decoded: &Arc<Vec<DecodedTraces>>,
+    decoded: &Arc<Vec<Decoded>>,
     partitions: i32,
 ) -> Result<Round> {
     let topic = format!(
@@ -218,7 +218,7 @@ async fn round(
 /// turns, as concurrent workers would reach them.
 fn batches(
     traffic: &Traffic,
-    decoded: &[DecodedTraces],
+    decoded: &[Decoded],
     partitions: i32,
     per_batch: usize,
 ) -> Vec<Batch> {

@@ -2,9 +2,16 @@
 
 use super::*;
 
-fn decode_logs_proto(records: Vec<LogRecord>) -> Result<DecodedLogs> {
+fn decode_logs_proto(records: Vec<LogRecord>) -> Result<Decoded> {
     let payload = logs_request(records).encode_to_vec();
-    decode_logs(&payload, Encoding::OtlpProto, &tenant(), &limits(), now())
+    decode_logs(
+        &payload,
+        Encoding::OtlpProto,
+        &tenant(),
+        &ORIGIN,
+        &limits(),
+        now(),
+    )
 }
 
 #[test]
@@ -74,4 +81,85 @@ fn log_records_are_checked() {
     let decoded = decode_logs_proto(vec![nul]).unwrap();
     assert_eq!(decoded.logs[0].body, "\"a\u{FFFD}\"");
     assert_eq!(decoded.sanitized.nul_replaced, 2);
+}
+
+#[test]
+fn record_keys_follow_where_the_record_was_read() {
+    let twice = decode_logs_proto(vec![record(), record()]).unwrap();
+    let again = decode_logs_proto(vec![record(), record()]).unwrap();
+    let ids = |d: &Decoded| d.logs.iter().map(|l| l.record_id).collect::<Vec<_>>();
+    // The same line twice in one message is two lines; the same message
+    // decoded again keys them as before.
+    assert_ne!(twice.logs[0].record_id, twice.logs[1].record_id);
+    assert_eq!(ids(&twice), ids(&again));
+    let id = |origin: &crate::model::Origin<'_>, tenant: &str, index| {
+        crate::decode::logs::record_id(tenant, origin, index)
+    };
+    let base = id(&ORIGIN, "acme", 0);
+    assert_eq!(base, twice.logs[0].record_id);
+    let moved = [
+        crate::model::Origin {
+            offset: 43,
+            ..ORIGIN
+        },
+        crate::model::Origin {
+            partition: 4,
+            ..ORIGIN
+        },
+        crate::model::Origin {
+            topic: "otlp_logs2",
+            ..ORIGIN
+        },
+        // A recreated topic restarts its offsets, not its clock.
+        crate::model::Origin {
+            timestamp_ms: Some(1_767_225_600_001),
+            ..ORIGIN
+        },
+        crate::model::Origin {
+            timestamp_ms: None,
+            ..ORIGIN
+        },
+    ];
+    for origin in &moved {
+        assert_ne!(id(origin, "acme", 0), base, "{origin:?}");
+    }
+    assert_ne!(id(&ORIGIN, "acmf", 0), base);
+    assert_ne!(id(&ORIGIN, "acme", 1), base);
+    // Fields cannot run into each other: tenant "ab" + topic "c" is not
+    // tenant "a" + topic "bc".
+    let split = |tenant: &str, topic: &'static str| {
+        id(&crate::model::Origin { topic, ..ORIGIN }, tenant, 0)
+    };
+    assert_ne!(split("ab", "c"), split("a", "bc"));
+}
+
+#[test]
+fn log_records_are_counted_before_decoding() {
+    let payload = logs_request(vec![record(); 5]).encode_to_vec();
+    let limits = Limits {
+        items: crate::decode::ItemLimits {
+            max_logs: 4,
+            ..crate::decode::ItemLimits::UNLIMITED
+        },
+        ..limits()
+    };
+    let err = decode_logs(
+        &payload,
+        Encoding::OtlpProto,
+        &tenant(),
+        &ORIGIN,
+        &limits,
+        now(),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::TooManyLogRecords), "{err}");
+    let counts = crate::decode::scan(
+        &payload,
+        crate::decode::Source::logs(Encoding::OtlpProto),
+        &super::limits(),
+    )
+    .unwrap();
+    assert_eq!(counts.logs, 5);
+    // Each record: its body and one attribute.
+    assert!(counts.values >= 10, "{counts:?}");
 }

@@ -37,6 +37,14 @@ fn limits() -> Limits {
     }
 }
 
+/// Where the test messages were read.
+const ORIGIN: crate::model::Origin<'static> = crate::model::Origin {
+    topic: "otlp_logs",
+    partition: 3,
+    offset: 42,
+    timestamp_ms: Some(1_767_225_600_000),
+};
+
 fn tenant() -> Arc<str> {
     Arc::from("acme")
 }
@@ -83,7 +91,7 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     }
 }
 
-fn decode(request: &ExportTraceServiceRequest) -> Result<DecodedTraces> {
+fn decode(request: &ExportTraceServiceRequest) -> Result<Decoded> {
     decode_traces(
         &request.encode_to_vec(),
         Encoding::OtlpProto,
@@ -155,6 +163,7 @@ fn size_is_checked_first_and_names_both_numbers() {
         b"{\"x\":\"123456789\"}",
         Encoding::OtlpJson,
         &tenant(),
+        &ORIGIN,
         &small,
         now(),
     )
@@ -166,9 +175,9 @@ fn size_is_checked_first_and_names_both_numbers() {
 fn an_empty_payload_is_zero_rows() {
     for encoding in [Encoding::OtlpProto, Encoding::OtlpJson] {
         let traces = decode_traces(&[], encoding, &tenant(), &limits(), now()).unwrap();
-        assert_eq!(traces, DecodedTraces::default());
-        let logs = decode_logs(&[], encoding, &tenant(), &limits(), now()).unwrap();
-        assert_eq!(logs, DecodedLogs::default());
+        assert_eq!(traces, Decoded::default());
+        let logs = decode_logs(&[], encoding, &tenant(), &ORIGIN, &limits(), now()).unwrap();
+        assert_eq!(logs, Decoded::default());
     }
 }
 
@@ -184,6 +193,7 @@ fn the_tenant_is_copied_into_every_row() {
         &logs_request(vec![record(); 4]).encode_to_vec(),
         Encoding::OtlpProto,
         &tenant(),
+        &ORIGIN,
         &limits(),
         now(),
     )

@@ -48,7 +48,7 @@ fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .unwrap()
 }
 
-fn decode_on_small_stack(payload: Vec<u8>, encoding: Encoding) -> Result<DecodedTraces> {
+fn decode_on_small_stack(payload: Vec<u8>, encoding: Encoding) -> Result<Decoded> {
     on_small_stack(move || decode_traces(&payload, encoding, &tenant(), &limits(), now()))
 }
 

@@ -149,6 +149,47 @@ impl CopyEncoder {
         Ok(())
     }
 
+    /// An integer as `numeric`: digits in base 10 000, most significant
+    /// first, with the weight of the first and no trailing zero digits.
+    pub fn numeric(&mut self, v: i128) {
+        const NUMERIC_NEG: u16 = 0x4000;
+        let mut digits = [0u16; 10];
+        let mut n = v.unsigned_abs();
+        let mut count = 0;
+        while n > 0 {
+            digits[count] = (n % 10_000) as u16;
+            n /= 10_000;
+            count += 1;
+        }
+        // digits[..count] is least significant first; zeros at the low end
+        // are implied by the weight.
+        let low_zeros = digits[..count].iter().take_while(|d| **d == 0).count();
+        let sent = &digits[low_zeros..count];
+        self.buf.put_i32(8 + 2 * sent.len() as i32);
+        self.buf.put_i16(sent.len() as i16);
+        self.buf.put_i16(count.saturating_sub(1) as i16);
+        self.buf.put_u16(if v < 0 { NUMERIC_NEG } else { 0 });
+        self.buf.put_i16(0);
+        for d in sent.iter().rev() {
+            self.buf.put_u16(*d);
+        }
+    }
+
+    /// A one-dimensional `bigint[]` without NULLs, indexed from 1.
+    pub fn int8_array(&mut self, values: &[i64]) -> Result<()> {
+        const INT8_OID: i32 = 20;
+        self.length(20 + 12 * values.len())?;
+        self.buf.put_i32(1);
+        self.buf.put_i32(0);
+        self.buf.put_i32(INT8_OID);
+        self.buf.put_i32(values.len() as i32);
+        self.buf.put_i32(1);
+        for v in values {
+            self.int8(*v);
+        }
+        Ok(())
+    }
+
     /// Bytes buffered and not yet taken.
     pub fn buffered(&self) -> usize {
         self.buf.len()
