@@ -33,7 +33,8 @@ impl Fixture {
         pg::migrate(&mut sql).await.unwrap();
         sql.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
         let pool = pg::connect(&db.db_args()).await.unwrap();
-        let writer = Writer::new(pool, Arc::new(Partitions::new()), Canceller);
+        let canceller = Canceller::new(&db.db_args()).unwrap();
+        let writer = Writer::new(pool, Arc::new(Partitions::new()), canceller);
         Fixture {
             writer,
             sql,

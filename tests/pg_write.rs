@@ -170,7 +170,11 @@ async fn migrations_run_once_when_started_concurrently() {
     let (mut ra, rb) = (ra.unwrap(), rb.unwrap());
     ra.extend(rb);
     ra.sort_unstable();
-    assert_eq!(ra, [1, 2, 3, 4], "exactly one migrator applies each version");
+    assert_eq!(
+        ra,
+        [1, 2, 3, 4],
+        "exactly one migrator applies each version"
+    );
     let rows = a
         .query(
             "SELECT version, name FROM schema_migrations ORDER BY version",

@@ -81,9 +81,10 @@ async fn stored(db: &TestDb) -> (Client, Writer) {
     let mut sql = db.client().await;
     pg::migrate(&mut sql).await.unwrap();
     let pool = pg::connect(&db.db_args()).await.unwrap();
+    let canceller = Canceller::new(&db.db_args()).unwrap();
     (
         sql,
-        Writer::new(pool, Arc::new(Partitions::new()), Canceller),
+        Writer::new(pool, Arc::new(Partitions::new()), canceller),
     )
 }
 
