@@ -2,7 +2,7 @@
 //! `--database-url` names, made from the migrated (and perhaps pre-filled)
 //! template, and dropped afterwards.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
@@ -14,12 +14,7 @@ pub struct Server {
 
 impl Server {
     pub async fn connect(url: &str) -> Result<Server> {
-        let (admin, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "bench admin connection ended");
-            }
-        });
+        let admin = client(url).await?;
         Ok(Server {
             url: url.to_string(),
             admin,
@@ -75,9 +70,13 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// A client of one database, its connection driven in the background.
+/// A client of one database, its connection driven in the background. It
+/// speaks TLS exactly as the pipeline's pool does for the same URL
+/// (`sslmode`, `sslrootcert`), so that the ceiling and the pipeline pay for
+/// the same encryption.
 pub async fn client(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let target = crate::pg::tls::parse(url)?;
+    let (client, connection) = target.config.connect(target.tls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
