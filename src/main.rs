@@ -67,6 +67,7 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
             .await
             .map(|report| println!("{report}")),
         Command::Spool(args) => cmd::spool::run(&args).await,
+        Command::Healthcheck(args) => cmd::healthcheck::run(&args),
         Command::Bench(args) => cmd::bench::run(&args)
             .await
             .map(|table| println!("{table}")),

@@ -6,6 +6,7 @@ use crate::config::{LogArgs, MigrateArgs, RunArgs};
 
 pub mod bench;
 pub mod demo;
+pub mod healthcheck;
 pub mod loadgen;
 pub mod migrate;
 pub mod replay;
@@ -39,6 +40,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Re-ingest dead letters from the DLQ topic or a spool directory.
     Replay(Box<replay::ReplayArgs>),
+    /// Exit 0 if a running instance's /healthz answers 200, else 1: a
+    /// container health check that needs no curl in the image.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Inspect and drain the local poison spool.
     Spool(spool::SpoolArgs),
     /// Measure the pipeline end to end beside PostgreSQL's own ceiling.
