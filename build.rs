@@ -8,13 +8,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/spansink/v1/dead_letter.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
-    // The build-info metric names the commit; a build outside a git checkout says "unknown".
-    let sha = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    // The build-info metric names the commit; a build outside a git checkout
+    // (a container build, whose context has no .git) is told it through
+    // SPANSINK_GIT_SHA, and says "unknown" without it.
+    println!("cargo:rerun-if-env-changed=SPANSINK_GIT_SHA");
+    let sha = std::env::var("SPANSINK_GIT_SHA")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| {
+            std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+        })
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SPANSINK_GIT_SHA={sha}");

@@ -346,6 +346,12 @@ pub struct RunArgs {
     /// or when their partitions are revoked; then they roll back.
     #[arg(long, env = "SPANSINK_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
     pub drain_timeout: Duration,
+    /// How long the last pass of the dead-letter forwarder may take at shutdown,
+    /// after the partitions have drained: dead letters it cannot publish in
+    /// that time stay in the spool for the next start or `spansink spool drain`.
+    /// An orchestrator's grace period must cover --drain-timeout plus this.
+    #[arg(long, env = "SPANSINK_SPOOL_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub spool_drain_timeout: Duration,
     #[command(flatten)]
     pub poison: PoisonArgs,
     #[command(flatten)]

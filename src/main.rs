@@ -71,6 +71,7 @@ async fn dispatch(command: Command) -> spansink::error::Result<()> {
             .await
             .map(|report| println!("{report}")),
         Command::Retention(args) => cmd::retention::run(&args).await,
+        Command::Healthcheck(args) => cmd::healthcheck::run(&args),
         Command::Bench(args) => cmd::bench::run(&args)
             .await
             .map(|table| println!("{table}")),

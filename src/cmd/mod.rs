@@ -6,6 +6,7 @@ use crate::config::{LogArgs, MigrateArgs, RetentionCmdArgs, RunArgs};
 
 pub mod bench;
 pub mod demo;
+pub mod healthcheck;
 pub mod loadgen;
 pub mod migrate;
 pub mod replay;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Apply retention once: drop expired daily partitions, expire traces and
     /// dead-letter ledger rows (for cron; `run --retention` schedules it).
     Retention(RetentionCmdArgs),
+    /// Exit 0 if a running instance's /healthz answers 200, else 1: a
+    /// container health check that needs no curl in the image.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Inspect and drain the local poison spool.
     Spool(spool::SpoolArgs),
     /// Manage the reader roles of the read side and the tenants each may read.

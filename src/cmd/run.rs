@@ -33,9 +33,6 @@ use crate::worker::{Budget, FetchSlots, LiveWorkers, Shared, WorkerSettings};
 
 /// How often the days ahead are made sure to have partitions.
 const PARTITION_MAINTENANCE: Duration = Duration::from_secs(3600);
-/// The forwarder's last pass at shutdown: long enough for a healthy broker, short
-/// enough not to hold up the exit when it is down (the entries stay spooled).
-const FINAL_FORWARD_PASS: Duration = Duration::from_secs(5);
 
 /// Builds the parts in the order their failures should surface: settings,
 /// then Kafka clients (librdkafka checks its settings only when a client is
@@ -70,6 +67,7 @@ pub async fn run(
         &pool,
         &stopper,
         args.ingest.retry_policy(),
+        args.spool_drain_timeout,
     )
     .await?;
     let partitions = Arc::new(Partitions::new());
@@ -251,6 +249,7 @@ impl Forwarding {
         pool: &deadpool_postgres::Pool,
         stopper: &Stopper,
         retry: retry::Policy,
+        final_pass: Duration,
     ) -> Result<Self> {
         let forwarder = Arc::new(Forwarder::new(
             poison.spool.clone(),
@@ -268,12 +267,8 @@ impl Forwarding {
         .await?;
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(forwarder.run(
-            wake.clone(),
-            stop.clone(),
-            FINAL_FORWARD_PASS,
-            stopper.clone(),
-        ));
+        let task =
+            tokio::spawn(forwarder.run(wake.clone(), stop.clone(), final_pass, stopper.clone()));
         Ok(Forwarding { wake, stop, task })
     }
 

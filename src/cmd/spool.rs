@@ -18,8 +18,14 @@ const PAYLOAD_PREVIEW: usize = 32;
 
 #[derive(Debug, clap::Args)]
 pub struct SpoolArgs {
-    /// The spool directory.
-    #[arg(long, env = "SPANSINK_SPOOL_DIR", default_value = "spool")]
+    /// The spool directory. Accepted before or after the subcommand
+    /// (`spansink spool drain --spool-dir DIR`).
+    #[arg(
+        long,
+        global = true,
+        env = "SPANSINK_SPOOL_DIR",
+        default_value = "spool"
+    )]
     pub spool_dir: PathBuf,
     #[command(subcommand)]
     pub command: SpoolCommand,
