@@ -18,10 +18,14 @@ fn readme_examples() -> Vec<Vec<(String, String)>> {
     let section = readme
         .split("\n### Kafka security\n")
         .nth(1)
-        .expect("a Kafka security section")
-        .split("\n## ")
-        .next()
-        .unwrap_or_default();
+        .expect("a Kafka security section");
+    // Up to the next heading of any level, outside code blocks.
+    let end = ["\n## ", "\n### "]
+        .iter()
+        .filter_map(|h| section.find(h))
+        .min()
+        .unwrap_or(section.len());
+    let section = &section[..end];
     section
         .split("```sh\n")
         .skip(1)
