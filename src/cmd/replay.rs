@@ -156,13 +156,14 @@ pub async fn replay(
     };
     let mut seen = std::collections::HashSet::new();
     let limits = args.ingest.limits();
+    let sources = args.ingest.sources();
     for dl in letters {
         // A publish retried after a lost acknowledgement leaves the same id twice.
         if !seen.insert(dl.id.clone()) || !selected(args, &dl) {
             report.skipped += 1;
             continue;
         }
-        let decoded = decode_letter(&args.ingest, &limits, &dl);
+        let decoded = decode_letter(&args.ingest, &sources, &limits, &dl);
         let decoded = match decoded {
             Ok(d) => d,
             Err(e) => {
@@ -221,15 +222,16 @@ fn selected(args: &ReplayArgs, dl: &DeadLetter) -> bool {
 /// they would have been when consumed, never by where the dead letter itself
 /// is stored: a dead letter published twice, or replayed from both the topic
 /// and a spool, stores each record once.
-fn decode_letter(ingest: &IngestArgs, limits: &decode::Limits, dl: &DeadLetter) -> Result<Decoded> {
-    let source = ingest
-        .sources()
-        .into_iter()
-        .find(|(name, _)| *name == dl.topic)
-        .map_or(
-            decode::Source::traces(crate::config::Encoding::OtlpProto),
-            |(_, s)| s,
-        );
+fn decode_letter(
+    ingest: &IngestArgs,
+    sources: &[(String, decode::Source)],
+    limits: &decode::Limits,
+    dl: &DeadLetter,
+) -> Result<Decoded> {
+    let source = sources.iter().find(|(name, _)| *name == dl.topic).map_or(
+        decode::Source::traces(crate::config::Encoding::OtlpProto),
+        |(_, s)| *s,
+    );
     let header = dl
         .headers
         .iter()
@@ -242,8 +244,7 @@ fn decode_letter(ingest: &IngestArgs, limits: &decode::Limits, dl: &DeadLetter) 
         offset: dl.offset,
         timestamp_ms: dl.timestamp_ms,
     };
-    decode::scan(&dl.payload, source, limits)?;
-    decode::decode_scanned(
+    decode::decode(
         &dl.payload,
         source,
         &tenant,

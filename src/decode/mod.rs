@@ -60,19 +60,10 @@ impl Encoding {
 }
 
 /// What a topic carries: OTLP trace or logs export requests.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::EnumString,
-)]
-#[strum(serialize_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Traces,
     Logs,
-}
-
-impl Signal {
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
 }
 
 /// How to read a topic's messages.
@@ -136,8 +127,22 @@ pub fn decode_logs(
     limits: &Limits,
     now: SystemTime,
 ) -> Result<Decoded> {
-    scan(payload, Source::logs(encoding), limits)?;
-    decode_scanned_logs(payload, encoding, tenant, origin, limits, now)
+    decode(payload, Source::logs(encoding), tenant, origin, limits, now)
+}
+
+/// Checks and decodes one message of `source`, read at `origin`: what the
+/// worker does in two steps ([`scan`] on receipt, [`decode_scanned`] in the
+/// batch), in one.
+pub fn decode(
+    payload: &[u8],
+    source: Source,
+    tenant: &Arc<str>,
+    origin: &Origin<'_>,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<Decoded> {
+    scan(payload, source, limits)?;
+    decode_scanned(payload, source, tenant, origin, limits, now)
 }
 
 /// Checks a message's size and counts ([`prescan`]) without decoding it;
