@@ -168,7 +168,7 @@ impl JsonWriter {
 
     /// NaN and the infinities are not JSON numbers; they are written as the
     /// strings PostgreSQL's own `to_jsonb(float8)` produces.
-    fn write_double(&mut self, out: &mut String, d: f64) {
+    pub(super) fn write_double(&mut self, out: &mut String, d: f64) {
         if d.is_finite() {
             // Shortest text that reads back as the same double; `1.0` keeps its
             // fraction so that it stays a float for whoever reads it back.
@@ -226,14 +226,29 @@ impl JsonWriter {
         if !s.as_bytes().contains(&0) {
             return s;
         }
-        let nuls = s.bytes().filter(|&b| b == 0).count();
-        self.sanitized.nul_replaced += nuls as u64;
-        s.replace('\0', NUL_REPLACEMENT)
+        self.replace_nuls(&s)
+    }
+
+    /// [`Self::text`] of borrowed text: one copy.
+    pub(super) fn text_of(&mut self, s: &str) -> String {
+        if !s.as_bytes().contains(&0) {
+            return s.to_owned();
+        }
+        self.replace_nuls(s)
     }
 
     /// [`Self::text`] for a value that many rows share.
-    pub(super) fn shared_text(&mut self, s: String) -> Arc<str> {
-        Arc::from(self.text(s))
+    pub(super) fn shared_text(&mut self, s: &str) -> Arc<str> {
+        if !s.as_bytes().contains(&0) {
+            return Arc::from(s);
+        }
+        Arc::from(self.replace_nuls(s))
+    }
+
+    fn replace_nuls(&mut self, s: &str) -> String {
+        let nuls = s.bytes().filter(|&b| b == 0).count();
+        self.sanitized.nul_replaced += nuls as u64;
+        s.replace('\0', NUL_REPLACEMENT)
     }
 }
 
@@ -447,7 +462,7 @@ mod tests {
         assert_eq!(text, "{\"a\u{FFFD}b\":\"\u{FFFD}x\u{FFFD}\"}");
         assert_eq!(w.sanitized.nul_replaced, 3);
         assert_eq!(w.text("n\0m".into()), "n\u{FFFD}m");
-        assert_eq!(&*w.shared_text("plain".into()), "plain");
+        assert_eq!(&*w.shared_text("plain"), "plain");
         assert_eq!(w.sanitized.nul_replaced, 4);
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["a\u{FFFD}b"], "\u{FFFD}x\u{FFFD}");

@@ -21,8 +21,10 @@ mod json;
 pub mod logs;
 pub mod prescan;
 mod proto;
+mod proto_rows;
 mod rows;
 mod validate;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -175,7 +177,11 @@ fn decode_scanned_traces(
     now: SystemTime,
 ) -> Result<Decoded> {
     let request = match encoding {
-        Encoding::OtlpProto => parse_request_proto(payload)?,
+        Encoding::OtlpProto => match proto_rows::span_rows(payload, tenant, limits, now) {
+            Some(decoded) => return Ok(decoded),
+            // Whatever the fast path leaves, prost decides, with the reason.
+            None => parse_request_proto(payload)?,
+        },
         Encoding::OtlpJson => parse_request_json(payload)?,
     };
     rows::span_rows(request, tenant, limits, now)

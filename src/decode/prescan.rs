@@ -15,6 +15,8 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use crate::decode::{Encoding, Signal};
 use crate::error::{Error, Reason, Result};
 
+use super::wire::{Fields, Malformed, Walk};
+
 /// What one message holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -148,97 +150,15 @@ pub fn scan(
 /// Deeper than this, prost refuses the message anyway (its recursion limit).
 const MAX_DEPTH: u32 = 100;
 
-/// Why the walk stopped: kept small, since every step of the walk returns it.
-struct Malformed(&'static str);
-
-type Walk<T> = std::result::Result<T, Malformed>;
-
 fn bad_protobuf(m: Malformed) -> Error {
     Error::input(Reason::BadProtobuf, format!("while counting: {}", m.0))
 }
 
-/// One protobuf field: its number and, for length-delimited ones, the bytes.
-struct Field<'a> {
-    number: u64,
-    body: Option<&'a [u8]>,
-}
-
-/// The fields of one message, in order; an error for anything malformed.
-struct Fields<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Fields<'a> {
-    #[inline]
-    fn next_field(&mut self) -> Walk<Option<Field<'a>>> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let tag = self.varint()?;
-        let number = tag >> 3;
-        let body = match tag & 7 {
-            0 => {
-                self.varint()?;
-                None
-            }
-            1 => {
-                self.skip(8)?;
-                None
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?)
-                    .map_err(|_| Malformed("a length beyond memory"))?;
-                let body = self
-                    .rest
-                    .get(..len)
-                    .ok_or(Malformed("a field longer than the message"))?;
-                self.rest = &self.rest[len..];
-                Some(body)
-            }
-            5 => {
-                self.skip(4)?;
-                None
-            }
-            _ => return Err(Malformed("an unsupported wire type")),
-        };
-        Ok(Some(Field { number, body }))
-    }
-
-    #[inline]
-    fn varint(&mut self) -> Walk<u64> {
-        // Tags and most lengths fit in one byte.
-        if let Some((&byte, rest)) = self.rest.split_first() {
-            if byte < 0x80 {
-                self.rest = rest;
-                return Ok(u64::from(byte));
-            }
-        }
-        let mut value = 0u64;
-        for (i, byte) in self.rest.iter().enumerate().take(10) {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                self.rest = &self.rest[i + 1..];
-                return Ok(value);
-            }
-        }
-        Err(Malformed("a malformed varint"))
-    }
-
-    #[inline]
-    fn skip(&mut self, n: usize) -> Walk<()> {
-        if self.rest.len() < n {
-            return Err(Malformed("a field longer than the message"));
-        }
-        self.rest = &self.rest[n..];
-        Ok(())
-    }
-}
-
 /// Calls `f` with the body of every length-delimited field numbered `number`.
-fn each<'a>(message: &'a [u8], number: u64, mut f: impl FnMut(&'a [u8]) -> Walk<()>) -> Walk<()> {
-    let mut fields = Fields { rest: message };
+fn each<'a>(message: &'a [u8], number: u32, mut f: impl FnMut(&'a [u8]) -> Walk<()>) -> Walk<()> {
+    let mut fields = Fields::new(message);
     while let Some(field) = fields.next_field()? {
-        if let (true, Some(body)) = (field.number == number, field.body) {
+        if let (true, Some(body)) = (field.number == number, field.body()) {
             f(body)?;
         }
     }
@@ -257,11 +177,9 @@ fn walk(payload: &[u8]) -> Walk<Counts> {
     let mut c = Counts::default();
     // ExportTraceServiceRequest.resource_spans = 1
     each(payload, 1, |resource_spans| {
-        let mut fields = Fields {
-            rest: resource_spans,
-        };
+        let mut fields = Fields::new(resource_spans);
         while let Some(field) = fields.next_field()? {
-            match (field.number, field.body) {
+            match (field.number, field.body()) {
                 // ResourceSpans.resource = 1: Resource.attributes = 1
                 (1, Some(resource)) => each(resource, 1, |kv| key_value(kv, &mut c, 1))?,
                 // ResourceSpans.scope_spans = 2
@@ -275,9 +193,9 @@ fn walk(payload: &[u8]) -> Walk<Counts> {
 }
 
 fn scope(scope_spans: &[u8], c: &mut Counts) -> Walk<()> {
-    let mut fields = Fields { rest: scope_spans };
+    let mut fields = Fields::new(scope_spans);
     while let Some(field) = fields.next_field()? {
-        match (field.number, field.body) {
+        match (field.number, field.body()) {
             // ScopeSpans.scope = 1: InstrumentationScope.attributes = 3
             (1, Some(scope)) => each(scope, 3, |kv| key_value(kv, c, 1))?,
             // ScopeSpans.spans = 2
@@ -292,9 +210,9 @@ fn scope(scope_spans: &[u8], c: &mut Counts) -> Walk<()> {
 }
 
 fn span_items(span: &[u8], c: &mut Counts) -> Walk<()> {
-    let mut fields = Fields { rest: span };
+    let mut fields = Fields::new(span);
     while let Some(field) = fields.next_field()? {
-        match (field.number, field.body) {
+        match (field.number, field.body()) {
             // Span.attributes = 9
             (9, Some(kv)) => key_value(kv, c, 1)?,
             // Span.events = 11: Event.attributes = 3
@@ -317,11 +235,9 @@ fn walk_logs(payload: &[u8]) -> Walk<Counts> {
     let mut c = Counts::default();
     // ExportLogsServiceRequest.resource_logs = 1
     each(payload, 1, |resource_logs| {
-        let mut fields = Fields {
-            rest: resource_logs,
-        };
+        let mut fields = Fields::new(resource_logs);
         while let Some(field) = fields.next_field()? {
-            match (field.number, field.body) {
+            match (field.number, field.body()) {
                 // ResourceLogs.resource = 1: Resource.attributes = 1
                 (1, Some(resource)) => each(resource, 1, |kv| key_value(kv, &mut c, 1))?,
                 // ResourceLogs.scope_logs = 2
@@ -335,17 +251,17 @@ fn walk_logs(payload: &[u8]) -> Walk<Counts> {
 }
 
 fn log_scope(scope_logs: &[u8], c: &mut Counts) -> Walk<()> {
-    let mut fields = Fields { rest: scope_logs };
+    let mut fields = Fields::new(scope_logs);
     while let Some(field) = fields.next_field()? {
-        match (field.number, field.body) {
+        match (field.number, field.body()) {
             // ScopeLogs.scope = 1: InstrumentationScope.attributes = 3
             (1, Some(scope)) => each(scope, 3, |kv| key_value(kv, c, 1))?,
             // ScopeLogs.log_records = 2
             (2, Some(record)) => {
                 c.logs += 1;
-                let mut fields = Fields { rest: record };
+                let mut fields = Fields::new(record);
                 while let Some(field) = fields.next_field()? {
-                    match (field.number, field.body) {
+                    match (field.number, field.body()) {
                         // LogRecord.body = 5: an AnyValue, counted as one value
                         (5, Some(body)) => {
                             c.values += 1;
@@ -375,9 +291,9 @@ fn any_value(any: &[u8], c: &mut Counts, depth: u32) -> Walk<()> {
             "recursion limit reached (values nested more than 100 levels deep)",
         ));
     }
-    let mut fields = Fields { rest: any };
+    let mut fields = Fields::new(any);
     while let Some(field) = fields.next_field()? {
-        match (field.number, field.body) {
+        match (field.number, field.body()) {
             // AnyValue.array_value = 5: ArrayValue.values = 1 (AnyValue)
             (5, Some(array)) => each(array, 1, |v| {
                 c.values += 1;

@@ -33,7 +33,7 @@ impl ResourceColumns {
             .rev()
             .find(|kv| kv.key == "service.name")
             .and_then(|kv| match kv.value?.value? {
-                Value::StringValue(s) => Some(json.shared_text(s)),
+                Value::StringValue(s) => Some(json.shared_text(&s)),
                 _ => None,
             });
         Ok(ResourceColumns {
@@ -53,8 +53,8 @@ impl ScopeColumns {
     pub(super) fn new(scope: Option<InstrumentationScope>, json: &mut JsonWriter) -> Self {
         let scope = scope.unwrap_or_default();
         ScopeColumns {
-            name: json.shared_text(scope.name),
-            version: json.shared_text(scope.version),
+            name: json.shared_text(&scope.name),
+            version: json.shared_text(&scope.version),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod logs;
 mod nesting;
+mod proto_rows;
 mod spans;
 
 use std::time::UNIX_EPOCH;
