@@ -4,7 +4,9 @@
 //! batch holds each one once, and `ON CONFLICT DO NOTHING` on the staged path
 //! tolerates a key proposed twice anyway.
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::hash_map::Entry;
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use crate::model::{Decoded, LogRow, SpanEventRow, SpanRow};
 use crate::pg::partitions::day_of_unix_nano;
@@ -33,7 +35,8 @@ impl<'a> Rows<'a> {
     /// from. Besides exact counts, this keeps the traces upsert valid:
     /// ON CONFLICT DO UPDATE refuses a statement that proposes one key twice.
     pub fn dedupe(messages: &[&'a Decoded]) -> Self {
-        let mut winner: HashMap<SpanKey<'a>, usize> = HashMap::new();
+        let mut winner: HashMap<SpanKey<'a>, usize> =
+            HashMap::with_capacity(messages.iter().map(|m| m.spans.len()).sum());
         let mut spans = Vec::new();
         let mut total_spans = 0;
         for (i, m) in messages.iter().enumerate() {

@@ -9,7 +9,7 @@
 //! `spansink_latency_bucket` in the migration is [`bucket`] in SQL; a test
 //! holds them to each other.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::sync::Arc;
 
 use tokio_postgres::{Statement, Transaction};

@@ -6,7 +6,7 @@
 //! first start and last end, and the root with the earliest start, then the
 //! lowest span id. A test keeps the two upserts' `DO UPDATE` the same.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::sync::Arc;
 
 use tokio_postgres::{Statement, Transaction};
