@@ -55,6 +55,11 @@ async fn shared_by(instances: &[&Instance]) -> bool {
     total == PARTITIONS as usize
 }
 
+/// Waits until `instances` share the partitions, as [`shared_by`] tells.
+async fn wait_until_shared(what: &str, instances: &[&Instance]) {
+    wait_for(what, Duration::from_secs(60), || shared_by(instances)).await;
+}
+
 /// One consistent look at PostgreSQL: the stored offsets and the span counts
 /// of the same snapshot.
 struct Snapshot {
@@ -203,10 +208,9 @@ async fn replicas_join_and_leave_under_load_and_store_every_span_once() {
     let (_kafka, bootstrap) = common::kafka::cluster(PARTITIONS, true);
 
     let mut first: Vec<Instance> = (0..3).map(|_| spawn(&bootstrap, &db)).collect();
-    wait_for(
+    wait_until_shared(
         "three replicas sharing the partitions",
-        Duration::from_secs(60),
-        || async { shared_by(&first.iter().collect::<Vec<_>>()).await },
+        &first.iter().collect::<Vec<_>>(),
     )
     .await;
 
@@ -236,13 +240,9 @@ async fn replicas_join_and_leave_under_load_and_store_every_span_once() {
     // Scale out: a fourth replica takes partitions over from the three.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let fourth = spawn(&bootstrap, &db);
-    wait_for(
+    wait_until_shared(
         "four replicas sharing the partitions",
-        Duration::from_secs(60),
-        || async {
-            let all: Vec<&Instance> = first.iter().chain([&fourth]).collect();
-            shared_by(&all).await
-        },
+        &first.iter().chain([&fourth]).collect::<Vec<_>>(),
     )
     .await;
     assert!(
@@ -269,13 +269,9 @@ async fn replicas_join_and_leave_under_load_and_store_every_span_once() {
         !healthcheck(&leaving_addr),
         "the health check fails once the instance is gone"
     );
-    wait_for(
+    wait_until_shared(
         "three replicas sharing the partitions again",
-        Duration::from_secs(60),
-        || async {
-            let all: Vec<&Instance> = first.iter().chain([&fourth]).collect();
-            shared_by(&all).await
-        },
+        &first.iter().chain([&fourth]).collect::<Vec<_>>(),
     )
     .await;
     assert!(

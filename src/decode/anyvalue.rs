@@ -93,15 +93,10 @@ impl JsonWriter {
         };
         match value {
             Value::StringValue(s) => self.write_str(out, s),
-            Value::BoolValue(b) => out.push_str(if *b { "true" } else { "false" }),
-            // jsonb stores numbers as numeric, exactly: no loss beyond 2^53.
-            Value::IntValue(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            Value::BoolValue(b) => write_bool(out, *b),
+            Value::IntValue(i) => write_int(out, *i),
             Value::DoubleValue(d) => self.write_double(out, *d),
-            Value::BytesValue(b) => {
-                out.push('"');
-                base64::engine::general_purpose::STANDARD.encode_string(b, out);
-                out.push('"');
-            }
+            Value::BytesValue(b) => write_bytes(out, b),
             Value::ArrayValue(a) => self.write_array(out, &a.values, depth)?,
             Value::KvlistValue(kv) => self.write_kvlist(out, &kv.values, depth)?,
         }
@@ -250,6 +245,22 @@ impl JsonWriter {
         self.sanitized.nul_replaced += nuls as u64;
         s.replace('\0', NUL_REPLACEMENT)
     }
+}
+
+pub(super) fn write_bool(out: &mut String, b: bool) {
+    out.push_str(if b { "true" } else { "false" });
+}
+
+/// jsonb stores numbers as numeric, exactly: no loss beyond 2^53.
+pub(super) fn write_int(out: &mut String, i: i64) {
+    out.push_str(itoa::Buffer::new().format(i));
+}
+
+/// Bytes as OTLP/JSON writes them: a string of standard base64 with padding.
+pub(super) fn write_bytes(out: &mut String, b: &[u8]) {
+    out.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(b, out);
+    out.push('"');
 }
 
 fn push_unicode_escape(out: &mut String, b: u8) {

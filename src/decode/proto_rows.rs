@@ -17,12 +17,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use base64::Engine as _;
-
 use crate::model::{Decoded, SpanEventRow, SpanRow};
 
-use super::anyvalue::JsonWriter;
-use super::rows::{ResourceColumns, ScopeColumns};
+use super::anyvalue::{self, JsonWriter};
+use super::rows::{begin_link, end_link, ResourceColumns, ScopeColumns};
 use super::validate::{self, Window};
 use super::wire::{Field, Fields, Value};
 use super::Limits;
@@ -61,6 +59,25 @@ pub(super) fn span_rows(
     Some(rows.out)
 }
 
+/// The message in field 1 of a `ResourceSpans` (its `Resource`) or a
+/// `ScopeSpans` (its `InstrumentationScope`), empty when absent; both keep
+/// their items in field 2, and a `schema_url` string, checked here, in field
+/// 3. The header may follow the items on the wire.
+fn header(message: &[u8]) -> Option<&[u8]> {
+    let mut header = None;
+    for field in Fields::new(message) {
+        let field = field.ok()?;
+        match field.number {
+            1 => once(&mut header, bytes(field)?)?,
+            3 => {
+                text(field)?;
+            }
+            _ => {}
+        }
+    }
+    Some(header.unwrap_or_default())
+}
+
 /// The spans of a request, counted without reading them.
 fn count_spans(payload: &[u8]) -> Option<usize> {
     let mut n = 0;
@@ -86,19 +103,7 @@ struct Rows<'t> {
 
 impl Rows<'_> {
     fn resource_spans(&mut self, message: &[u8]) -> Option<()> {
-        // The resource may follow its scopes on the wire.
-        let mut resource = None;
-        for field in Fields::new(message) {
-            let field = field.ok()?;
-            match field.number {
-                1 => once(&mut resource, bytes(field)?)?,
-                3 => {
-                    text(field)?;
-                }
-                _ => {}
-            }
-        }
-        let resource = self.resource(resource.unwrap_or_default())?;
+        let resource = self.resource(header(message)?)?;
         for_each(message, 2, |scope_spans| {
             self.scope_spans(scope_spans, &resource)
         })
@@ -137,18 +142,7 @@ impl Rows<'_> {
     }
 
     fn scope_spans(&mut self, message: &[u8], resource: &ResourceColumns) -> Option<()> {
-        let mut scope = None;
-        for field in Fields::new(message) {
-            let field = field.ok()?;
-            match field.number {
-                1 => once(&mut scope, bytes(field)?)?,
-                3 => {
-                    text(field)?;
-                }
-                _ => {}
-            }
-        }
-        let scope = self.scope(scope.unwrap_or_default())?;
+        let scope = self.scope(header(message)?)?;
         for_each(message, 2, |span| self.span(span, resource, &scope))
     }
 
@@ -327,22 +321,14 @@ impl Rows<'_> {
         }
         let trace_id = validate::trace_id("trace_id", trace_id).ok()?;
         let span_id = validate::span_id("span_id", span_id).ok()?;
-        out.push_str(r#"{"trace_id":""#);
-        out.push_str(&hex::encode(trace_id));
-        out.push_str(r#"","span_id":""#);
-        out.push_str(&hex::encode(span_id));
-        out.push_str(r#"","trace_state":"#);
-        self.json.write_str(out, trace_state);
-        out.push_str(r#","flags":"#);
-        out.push_str(itoa::Buffer::new().format(flags));
-        out.push_str(r#","attributes":{"#);
+        begin_link(out, &mut self.json, trace_id, span_id, trace_state, flags);
+        out.push('{');
         let mut entries = Entries::default();
         for_each(message, 4, |kv| {
             self.key_value(out, &mut entries, kv, 1).map(drop)
         })?;
-        out.push_str(r#"},"dropped_attributes_count":"#);
-        out.push_str(itoa::Buffer::new().format(dropped));
         out.push('}');
+        end_link(out, dropped);
         Some(())
     }
 
@@ -378,8 +364,8 @@ impl Rows<'_> {
         };
         match (field.number, field.value) {
             (1, Value::Bytes(b)) => self.json.write_str(out, utf8(b)?),
-            (2, Value::Varint(b)) => out.push_str(if b != 0 { "true" } else { "false" }),
-            (3, Value::Varint(i)) => out.push_str(itoa::Buffer::new().format(i as i64)),
+            (2, Value::Varint(b)) => anyvalue::write_bool(out, b != 0),
+            (3, Value::Varint(i)) => anyvalue::write_int(out, i as i64),
             (4, Value::Fixed64(bits)) => self.json.write_double(out, f64::from_bits(bits)),
             (5, Value::Bytes(array)) => {
                 if depth > self.max_depth {
@@ -400,19 +386,11 @@ impl Rows<'_> {
                 let mut entries = Entries::default();
                 out.push('{');
                 for_each(kvlist, 1, |kv| {
-                    entries.add(out, self.max_entries)?;
-                    let kv = KeyValue::read(kv)?;
-                    self.json.write_str(out, kv.key);
-                    out.push(':');
-                    self.value(out, kv.value, depth + 1)
+                    self.key_value(out, &mut entries, kv, depth + 1).map(drop)
                 })?;
                 out.push('}');
             }
-            (7, Value::Bytes(b)) => {
-                out.push('"');
-                base64::engine::general_purpose::STANDARD.encode_string(b, out);
-                out.push('"');
-            }
+            (7, Value::Bytes(b)) => anyvalue::write_bytes(out, b),
             _ => return None,
         }
         Some(())

@@ -238,21 +238,47 @@ impl SpanRows<'_> {
     fn write_link(&mut self, out: &mut String, link: &span::Link) -> Result<()> {
         let trace_id = validate::trace_id("trace_id", &link.trace_id)?;
         let span_id = validate::span_id("span_id", &link.span_id)?;
-        out.push_str(r#"{"trace_id":""#);
-        out.push_str(&hex::encode(trace_id));
-        out.push_str(r#"","span_id":""#);
-        out.push_str(&hex::encode(span_id));
-        out.push_str(r#"","trace_state":"#);
-        self.json.write_str(out, &link.trace_state);
-        out.push_str(r#","flags":"#);
-        out.push_str(itoa::Buffer::new().format(link.flags));
-        out.push_str(r#","attributes":"#);
+        begin_link(
+            out,
+            &mut self.json,
+            trace_id,
+            span_id,
+            &link.trace_state,
+            link.flags,
+        );
         self.json.write_attributes(out, &link.attributes)?;
-        out.push_str(r#","dropped_attributes_count":"#);
-        out.push_str(itoa::Buffer::new().format(link.dropped_attributes_count));
-        out.push('}');
+        end_link(out, link.dropped_attributes_count);
         Ok(())
     }
+}
+
+/// Opens a link's JSON object and writes it up to `"attributes":`; the
+/// caller writes the attributes object, then [`end_link`]. Both decoding
+/// paths write links through these two, so the layout is written once.
+pub(super) fn begin_link(
+    out: &mut String,
+    json: &mut JsonWriter,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    trace_state: &str,
+    flags: u32,
+) {
+    out.push_str(r#"{"trace_id":""#);
+    out.push_str(&hex::encode(trace_id));
+    out.push_str(r#"","span_id":""#);
+    out.push_str(&hex::encode(span_id));
+    out.push_str(r#"","trace_state":"#);
+    json.write_str(out, trace_state);
+    out.push_str(r#","flags":"#);
+    out.push_str(itoa::Buffer::new().format(flags));
+    out.push_str(r#","attributes":"#);
+}
+
+/// Closes what [`begin_link`] opened, after the attributes.
+pub(super) fn end_link(out: &mut String, dropped_attributes_count: u32) {
+    out.push_str(r#","dropped_attributes_count":"#);
+    out.push_str(itoa::Buffer::new().format(dropped_attributes_count));
+    out.push('}');
 }
 
 /// A count column; a message small enough to be accepted cannot reach the cap.
