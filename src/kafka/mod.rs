@@ -1,11 +1,13 @@
 //! Kafka: the consumer (`consume`), assignment and revocation (`rebalance`),
-//! ownership and the advisory offset commit (`commit`), and an embedded broker
-//! for the demo and the tests (`mock`).
+//! ownership and the advisory offset commit (`commit`), freeing a paused
+//! partition's prefetch (`pause`), and an embedded broker for the demo and the
+//! tests (`mock`).
 
 pub mod commit;
 pub mod consume;
 pub mod lag;
 pub mod mock;
+pub mod pause;
 pub mod rebalance;
 pub mod settings;
 

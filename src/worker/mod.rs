@@ -280,13 +280,26 @@ impl PartitionWorker {
         }
         self.paused = paused;
         if paused {
-            // Pausing empties the partition's prefetch queue: what it held is
-            // fetched again on resume, and the slot is free for another.
+            // What the partition prefetched is fetched again on resume, and
+            // the slot is free for another.
             self.slot = None;
+            if self.carry.is_none() {
+                self.drop_stale_prefetch();
+            }
         }
         let delta = if paused { 1.0 } else { -1.0 };
         metrics::gauge!(metric::PAUSED_PARTITIONS).increment(delta);
         metrics::gauge!(metric::PARTITION_PAUSED, &self.labels).set(if paused { 1.0 } else { 0.0 });
+    }
+
+    /// Frees what the partition had prefetched ([`crate::kafka::pause`]).
+    /// Called with no message carried.
+    fn drop_stale_prefetch(&mut self) {
+        if let Some(Ok(msg)) = crate::kafka::pause::drop_stale(&self.queue) {
+            // Not stale after all: it was delivered, so librdkafka's position
+            // is past it, and it must reach a batch like any message received.
+            self.carry = self.admit(&msg);
+        }
     }
 
     fn key(&self) -> PartitionKey<'_> {

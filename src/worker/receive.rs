@@ -34,7 +34,9 @@ impl PartitionWorker {
                         }
                     } else {
                         self.end_idle_turn_if_others_wait();
-                        if !self.fetch().await {
+                        // A message carried out of a pause goes first, in
+                        // the next batch.
+                        if !self.fetch().await || self.carry.is_some() {
                             break;
                         }
                     }

@@ -1,0 +1,143 @@
+//! Freeing what a paused partition had prefetched.
+//!
+//! librdkafka marks a partition's queued messages stale when it is paused,
+//! but its purge stops at the barrier the pause puts at the head of the
+//! queue, so the messages, and the whole decompressed record batches they
+//! point into, stay in memory until the queue is next polled. A partition
+//! waiting for its fetch turn would hold its prefetch outside the budget: with
+//! 1024 partitions taking turns that came to 360 MB. A poll drops stale
+//! messages without returning them.
+
+use futures::{FutureExt as _, StreamExt as _};
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaResult;
+use rdkafka::message::BorrowedMessage;
+
+/// Polls a paused partition's queue once, without waiting, so that librdkafka
+/// frees what the pause made stale. Whatever it returns was not stale: it is
+/// delivered, librdkafka's position is past it, and the caller must treat it
+/// as received.
+pub fn drop_stale<C: ConsumerContext>(
+    queue: &StreamPartitionQueue<C>,
+) -> Option<KafkaResult<BorrowedMessage<'_>>> {
+    queue.stream().next().now_or_never().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::client::ClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::message::Message as _;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    use rdkafka::statistics::Statistics;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::kafka::mock::MockKafka;
+
+    /// The messages librdkafka's statistics last counted in each partition's
+    /// queue.
+    #[derive(Clone, Default)]
+    struct Queued(Arc<Mutex<HashMap<i32, i64>>>);
+
+    impl ClientContext for Queued {
+        fn stats(&self, statistics: Statistics) {
+            let mut queued = self.0.lock().expect("stats");
+            for topic in statistics.topics.values() {
+                for (&p, partition) in &topic.partitions {
+                    queued.insert(p, partition.fetchq_cnt);
+                }
+            }
+        }
+    }
+
+    impl ConsumerContext for Queued {}
+
+    impl Queued {
+        /// Waits for statistics that satisfy `want`; the last count seen if
+        /// none did in time.
+        async fn wait_for(&self, want: impl Fn(i64) -> bool) -> i64 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let now = self.0.lock().expect("stats").get(&0).copied();
+                match now {
+                    Some(n) if want(n) => return n,
+                    Some(n) if Instant::now() > deadline => return n,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_partition_frees_its_prefetch_when_polled_and_resumes_where_it_was() {
+        let kafka = MockKafka::start(1).expect("mock cluster");
+        kafka.create_topic("t", 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .set("compression.type", "lz4")
+            .create()
+            .expect("producer");
+        let payload = vec![b'x'; 1000];
+        for i in 0..200 {
+            let key = i.to_string();
+            producer
+                .send(BaseRecord::to("t").partition(0).key(&key).payload(&payload))
+                .map_err(|(e, _)| e)
+                .expect("queued");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+
+        let queued = Queued::default();
+        let consumer: Arc<StreamConsumer<Queued>> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", kafka.bootstrap_servers())
+                .set("group.id", "g")
+                .set("enable.auto.commit", "false")
+                .set("statistics.interval.ms", "50")
+                .create_with_context(queued.clone())
+                .expect("consumer"),
+        );
+        let queue = consumer
+            .split_partition_queue("t", 0)
+            .expect("partition queue");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Beginning)
+            .expect("offset");
+        consumer.assign(&tpl).expect("assigned");
+        // The main queue carries the statistics.
+        let main = Arc::clone(&consumer);
+        let poll = tokio::spawn(async move { main.recv().await.map(|m| m.offset()) });
+
+        let first = queue.recv().await.expect("a message").offset();
+        assert_eq!(first, 0);
+        let prefetched = queued.wait_for(|n| n > 100).await;
+        assert!(prefetched > 100, "prefetched {prefetched}");
+
+        consumer.pause(&tpl).expect("paused");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let kept = queued.wait_for(|n| n > 100).await;
+        assert!(
+            kept > 100,
+            "librdkafka now frees the prefetch on pause ({kept} left): drop_stale is no longer needed"
+        );
+
+        assert!(
+            drop_stale(&queue).is_none(),
+            "only stale messages were queued"
+        );
+        let left = queued.wait_for(|n| n == 0).await;
+        assert_eq!(left, 0, "the stale prefetch was freed");
+
+        consumer.resume(&tpl).expect("resumed");
+        let next = queue.recv().await.expect("a message").offset();
+        assert_eq!(next, first + 1, "resumed right after what was delivered");
+        poll.abort();
+    }
+}
