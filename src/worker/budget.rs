@@ -36,8 +36,9 @@ impl Budget {
 /// Which partitions may fetch. librdkafka's prefetch limit holds per partition
 /// and is fixed when the consumer is created, so its share of the budget is
 /// kept by letting only so many partitions fetch at once: a partition fetches
-/// while it holds a slot and is paused while it does not. Pausing also empties
-/// its prefetch queue, so a released slot frees its memory.
+/// while it holds a slot and is paused while it does not. A partition that
+/// pauses also frees its prefetch ([`crate::kafka::pause`]), so a released
+/// slot frees its memory.
 #[derive(Debug)]
 pub struct FetchSlots {
     semaphore: Arc<Semaphore>,
