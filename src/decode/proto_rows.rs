@@ -183,7 +183,9 @@ impl Rows<'_> {
         // Attributes make up most of a span's bytes, and JSON is about as long.
         let mut attributes = String::with_capacity(message.len());
         let mut entries = Entries::default();
-        let mut links = String::from("[");
+        // Room for the closing bracket: most spans have no links.
+        let mut links = String::with_capacity(2);
+        links.push('[');
         let mut link_count = 0;
         let mut event_index = 0;
         attributes.push('{');
@@ -581,7 +583,15 @@ fn text(field: Field<'_>) -> Option<&str> {
     utf8(field.body()?)
 }
 
+/// Almost every OTLP string is short ASCII (keys, names, ids in text), for
+/// which `str::from_utf8`, a call that does not inline, cost more than the
+/// check itself: a seventh of the decode.
+#[inline]
 fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8, and every byte was just checked to be ASCII.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
     std::str::from_utf8(bytes).ok()
 }
 
@@ -603,5 +613,31 @@ fn fixed32(field: Field<'_>) -> Option<u32> {
     match field.value {
         Value::Fixed32(v) => Some(v),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8;
+
+    #[test]
+    fn text_is_read_as_std_reads_it() {
+        let cases: [&[u8]; 12] = [
+            b"",
+            b"service.name",
+            b"a longer ASCII string that spans several words",
+            "caf\u{e9}".as_bytes(),
+            "\u{1f600} and more text".as_bytes(),
+            "\u{0}\u{7f}".as_bytes(),
+            &[0xff],
+            &[b'a', 0x80],
+            &[0xc3],
+            &[0xc0, 0x80],
+            &[0xed, 0xa0, 0x80],
+            &[b'k', b'e', b'y', 0xf4, 0x90, 0x80, 0x80],
+        ];
+        for case in cases {
+            assert_eq!(utf8(case), std::str::from_utf8(case).ok(), "{case:?}");
+        }
     }
 }
