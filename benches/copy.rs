@@ -6,6 +6,11 @@
 //! spans and the span events of 50 loadgen messages of 100 spans. The rows are
 //! chunked as `copy_spans` and `copy_events` chunk them, so the figures include
 //! handing a chunk over, not the network or PostgreSQL.
+//!
+//! `fold_rows` reports spans per second folded into the rows the direct write
+//! path upserts besides them, `traces` and `span_metrics` (in key order, as
+//! the upserts lock them), in batches of about the size `spansink bench`'s
+//! batches have.
 
 mod common;
 
@@ -16,6 +21,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spansink::decode::{self, Encoding};
 use spansink::model::{SpanEventRow, SpanRow};
 use spansink::pg::copy::{self, CopyEncoder};
+use spansink::pg::{span_metrics, traces};
 
 /// The allocator the binary uses (see `src/main.rs`).
 #[global_allocator]
@@ -57,6 +63,14 @@ fn encode_all<R>(
     bytes as u64
 }
 
+/// Spans per batch in `fold_rows`.
+const FOLD_BATCH: usize = 2000;
+
+/// Folds `spans` a batch at a time; returns the rows made.
+fn fold_batches(spans: &[SpanRow], fold: impl Fn(&[SpanRow]) -> usize) -> usize {
+    spans.chunks(FOLD_BATCH).map(fold).sum()
+}
+
 fn copy_encode(c: &mut Criterion) {
     let (spans, events) = rows();
     let span_bytes = encode_all(&spans, copy::encode_span);
@@ -81,6 +95,16 @@ fn copy_encode(c: &mut Criterion) {
     group.throughput(Throughput::BytesDecimal(event_bytes));
     group.bench_function("events", |b| {
         b.iter(|| encode_all(&events, copy::encode_event))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("fold_rows");
+    group.throughput(Throughput::Elements(spans.len() as u64));
+    group.bench_function("traces", |b| {
+        b.iter(|| fold_batches(&spans, |batch| traces::fold(batch).len()))
+    });
+    group.bench_function("span_metrics", |b| {
+        b.iter(|| fold_batches(&spans, |batch| span_metrics::fold(batch).len()))
     });
     group.finish();
 }

@@ -295,10 +295,12 @@ impl PartitionWorker {
     /// Frees what the partition had prefetched ([`crate::kafka::pause`]).
     /// Called with no message carried.
     fn drop_stale_prefetch(&mut self) {
-        if let Some(Ok(msg)) = crate::kafka::pause::drop_stale(&self.queue) {
+        match crate::kafka::pause::drop_stale(&self.queue) {
             // Not stale after all: it was delivered, so librdkafka's position
             // is past it, and it must reach a batch like any message received.
-            self.carry = self.admit(&msg);
+            Some(Ok(msg)) => self.carry = self.admit(&msg),
+            Some(Err(e)) => self.note_fetch_error(&e),
+            None => {}
         }
     }
 

@@ -49,9 +49,7 @@ impl PartitionWorker {
                         self.admit(&msg)
                     }
                     Err(e) => {
-                        if let Some(held_back) = crate::logcap::allow("fetch error") {
-                            tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, held_back, "fetch error");
-                        }
+                        self.note_fetch_error(&e);
                         None
                     }
                 },
@@ -72,6 +70,14 @@ impl PartitionWorker {
             }
         }
         batch
+    }
+
+    /// librdkafka retries a failed fetch itself; the error is worth a
+    /// (rate-limited) line, whichever poll returned it.
+    pub(super) fn note_fetch_error(&self, e: &rdkafka::error::KafkaError) {
+        if let Some(held_back) = crate::logcap::allow("fetch error") {
+            tracing::warn!(error = %e, topic = %self.topic, partition = self.partition, held_back, "fetch error");
+        }
     }
 
     /// Copies one message out of librdkafka; `None` for a message below the

@@ -119,6 +119,7 @@ pub async fn measure(
             + (after.traces - before.traces),
         bytes: 0,
         spansink_cpu: None,
+        first_commit: None,
         pg_cpu,
         peak_rss: None,
         transactions: latencies.len() as u64,

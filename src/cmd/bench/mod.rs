@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// Spans already in the table before each round.
     #[arg(long, env = "SPANSINK_BENCH_PREFILL", default_value_t = 0)]
     pub prefill: u64,
+    /// Rounds per partition count. A shared machine's speed drifts from one
+    /// minute to the next, and a round's ratio with it; the summary gives
+    /// each partition count's median round and the range.
+    #[arg(long, env = "SPANSINK_BENCH_ROUNDS", default_value_t = 3)]
+    pub rounds: usize,
     /// Encoding of the produced messages.
     #[arg(long, env = "SPANSINK_BENCH_ENCODING", value_parser = crate::config::parse_encoding, default_value = "otlp_proto")]
     pub encoding: Encoding,
@@ -105,21 +110,30 @@ pub async fn run(args: &BenchArgs) -> Result<String> {
     let mut rounds = Vec::new();
     let outcome = async {
         for &partitions in &args.partitions {
-            let round = round(args, &server, &template, &traffic, &decoded, partitions).await?;
-            eprintln!("{}", report::table(std::slice::from_ref(&round)));
-            rounds.push(round);
+            for _ in 0..args.rounds {
+                let round = round(args, &server, &template, &traffic, &decoded, partitions).await?;
+                eprintln!("{}", report::table(std::slice::from_ref(&round)));
+                rounds.push(round);
+            }
         }
         Ok::<_, Error>(())
     }
     .await;
     server.drop_database(&template).await?;
     outcome?;
-    Ok(report::table(&rounds))
+    Ok(format!(
+        "{}\n{}",
+        report::table(&rounds),
+        report::summary(&rounds)
+    ))
 }
 
 fn validate(args: &BenchArgs) -> Result<()> {
     if args.spans == 0 {
         return Err(Error::config("--spans", "must be at least 1"));
+    }
+    if args.rounds == 0 {
+        return Err(Error::config("--rounds", "must be at least 1"));
     }
     if args.partitions.is_empty() || args.partitions.iter().any(|p| *p < 1) {
         return Err(Error::config(

@@ -46,8 +46,8 @@ impl Pipeline<'_> {
         let started = Instant::now();
         let mut child = ChildGuard(self.spawn(workdir.path(), &metrics_addr)?);
         let pid = child.0.id() as i32;
-        let ends = self
-            .wait_stored(&sql, &mut feeder, &mut child, workdir.path())
+        let (ends, first_commit) = self
+            .wait_stored(&sql, &mut feeder, &mut child, workdir.path(), started)
             .await?;
         let seconds = started.elapsed().as_secs_f64();
         let spansink_cpu = measure::cpu_seconds(pid)?;
@@ -73,6 +73,7 @@ impl Pipeline<'_> {
             rows: spans + (after.events - before.events) + (after.traces - before.traces),
             bytes: self.traffic.bytes,
             spansink_cpu: Some(spansink_cpu),
+            first_commit,
             pg_cpu,
             peak_rss: Some(peak_rss),
             p50: latency(0.5),
@@ -109,20 +110,26 @@ impl Pipeline<'_> {
     }
 
     /// Feeds the topic as consumption allows until PostgreSQL holds every
-    /// partition's last offset; returns those offsets.
+    /// partition's last offset; returns those offsets, and how long after
+    /// `started` the first batch was committed (to within a poll).
     async fn wait_stored(
         &self,
         sql: &tokio_postgres::Client,
         feeder: &mut Feeder<'_>,
         child: &mut ChildGuard,
         dir: &std::path::Path,
-    ) -> Result<Vec<i64>> {
+        started: Instant,
+    ) -> Result<(Vec<i64>, Option<f64>)> {
         let deadline = Instant::now() + self.timeout;
         let ends = feeder.end_offsets();
+        let mut first_commit = None;
         loop {
             let stored = stored_offsets(sql, self.topic, self.partitions).await?;
+            if first_commit.is_none() && stored.iter().any(Option::is_some) {
+                first_commit = Some(started.elapsed().as_secs_f64());
+            }
             if feeder.done() && stored.iter().zip(&ends).all(|(s, e)| *s == Some(*e)) {
-                return Ok(ends);
+                return Ok((ends, first_commit));
             }
             if let Ok(Some(status)) = child.0.try_wait() {
                 let log = std::fs::read_to_string(dir.join("spansink.log")).unwrap_or_default();
