@@ -61,7 +61,7 @@ pub struct BenchArgs {
     pub prefill: u64,
     /// Rounds per partition count. A shared machine's speed drifts from one
     /// minute to the next, and a round's ratio with it; the summary gives
-    /// each partition count's median round and the range.
+    /// each partition count's medians and the ratios' ranges.
     #[arg(long, env = "SPANSINK_BENCH_ROUNDS", default_value_t = 3)]
     pub rounds: usize,
     /// Encoding of the produced messages.
