@@ -2,15 +2,12 @@
 //! processes of their own, a fresh database per phase, every span stored, and
 //! the table of rounds with its summary.
 
+#[path = "common/db.rs"]
+mod db;
 #[path = "common/spansink.rs"]
 mod spansink;
 
 use std::process::Command;
-
-fn server_url() -> String {
-    std::env::var("SPANSINK_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
 
 /// The cells of a Markdown table row.
 fn cells(row: &str) -> Vec<&str> {
@@ -32,7 +29,7 @@ fn two_rounds_are_tabled_each_with_its_first_commit_and_summarised_by_their_medi
             "--rounds=2",
             "--timeout=3m",
         ])
-        .arg(format!("--database-url={}/postgres", server_url()))
+        .arg(format!("--database-url={}/postgres", db::server_url()))
         .env_remove("SPANSINK_LOG")
         .output()
         .expect("spansink bench runs");

@@ -96,9 +96,7 @@ impl Drop for Roles {
 }
 
 async fn admin_client(dbname: &str) -> Client {
-    let server = std::env::var("SPANSINK_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    connect(&format!("{server}/{dbname}")).await
+    connect(&format!("{}/{dbname}", common::db::server_url())).await
 }
 
 async fn connect(url: &str) -> Client {

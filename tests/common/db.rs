@@ -19,7 +19,8 @@ pub struct TestDb {
     server: String,
 }
 
-fn server_url() -> String {
+/// The test server's URL, without a database name.
+pub fn server_url() -> String {
     std::env::var("SPANSINK_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
