@@ -107,7 +107,7 @@ pub fn summary(rounds: &[Round]) -> String {
             group[0].partitions,
             group[0].prefill,
             group.len(),
-            median(of(|r| r.pipeline.spans_per_second())),
+            median(&mut of(|r| r.pipeline.spans_per_second())),
             spread(of(|r| r.ratio(&r.upsert))),
             spread(of(|r| r.ratio(&r.copy))),
         );
@@ -116,7 +116,8 @@ pub fn summary(rounds: &[Round]) -> String {
 }
 
 /// The middle value; the mean of the two middle ones for an even count.
-fn median(mut values: Vec<f64>) -> f64 {
+/// Sorts `values`.
+fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {
@@ -128,10 +129,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// `median (min–max)`, or the value of a single round.
 fn spread(mut values: Vec<f64>) -> String {
-    values.sort_by(f64::total_cmp);
-    match (values.first().copied(), values.last().copied()) {
+    let mid = median(&mut values);
+    match (values.first(), values.last()) {
         (Some(only), _) if values.len() == 1 => format!("{only:.2}"),
-        (Some(min), Some(max)) => format!("{:.2} ({min:.2}–{max:.2})", median(values)),
+        (Some(min), Some(max)) => format!("{mid:.2} ({min:.2}–{max:.2})"),
         _ => "-".into(),
     }
 }
@@ -175,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_gives_each_partition_counts_median_round_and_range() {
+    fn the_summary_gives_each_partition_counts_medians_and_ranges() {
         let round = |partitions, pipeline_seconds| Round {
             partitions,
             prefill: 0,
