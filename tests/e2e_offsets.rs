@@ -61,16 +61,11 @@ async fn partitions_resume_at_the_postgres_offset_whatever_kafka_committed() {
     assert_eq!(span_count(&db).await as usize, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_in_the_offsets_is_crossed_and_counted() {
-    let db = TestDb::migrated().await;
-    let kafka = MockKafka::start(1).expect("mock kafka");
-    kafka.create_topic(TOPIC, 1).expect("topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
-
-    // The mock keeps about 5 MiB per partition: 14 messages of ~512 KiB push the
-    // first ones out, so the partition's log starts above offset 0.
-    let p = producer(&bootstrap);
+/// One partition of 14 messages whose log no longer starts at offset 0: the
+/// mock keeps about 5 MiB per partition, and messages of ~512 KiB push the
+/// first ones out. Returns what was produced and the log start.
+async fn a_partition_whose_start_was_deleted(bootstrap: &str) -> (Produced, i64) {
+    let p = producer(bootstrap);
     let mut gen = generator(12, 2);
     let mut produced = Produced::default();
     for _ in 0..14 {
@@ -98,12 +93,22 @@ async fn a_gap_in_the_offsets_is_crossed_and_counted() {
             .or_default()
             .push((offset, msg.span_count));
     }
-    let (low, high) = common::kafka::watermarks(&bootstrap, TOPIC, 0);
+    let (low, high) = common::kafka::watermarks(bootstrap, TOPIC, 0);
     assert!(
         low > 0,
         "the test needs a partition whose log no longer starts at 0"
     );
     assert_eq!(high, 14);
+    (produced, low)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_offsets_is_crossed_and_counted() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    kafka.create_topic(TOPIC, 1).expect("topic");
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let (produced, low) = a_partition_whose_start_was_deleted(&bootstrap).await;
 
     let group = "g-gap";
     set_stored_offset(&db, group, 0, 0).await;
@@ -123,5 +128,31 @@ async fn a_gap_in_the_offsets_is_crossed_and_counted() {
     assert!(
         series(&samples(&metrics), "spansink_offset_gaps_total", &[]).any(|s| s.value != 0.0),
         "the gap is counted:\n{metrics}"
+    );
+}
+
+/// A partition with no stored offset starts at offset 0, not at librdkafka's
+/// logical beginning; where retention already deleted offset 0, it must still
+/// start at the log start and store everything Kafka holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_starts_at_the_log_start_when_offset_0_is_gone() {
+    let db = TestDb::migrated().await;
+    let kafka = MockKafka::start(1).expect("mock kafka");
+    kafka.create_topic(TOPIC, 1).expect("topic");
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let (produced, low) = a_partition_whose_start_was_deleted(&bootstrap).await;
+
+    let group = "g-new";
+    let _instance = Instance::spawn(&bootstrap, &db.url, group, &["--max-message-bytes=1048576"]);
+    wait_for(
+        "the partition reaches its end",
+        Duration::from_secs(60),
+        || async { stored_offsets(&db, group, TOPIC).await.get(&0) == Some(&14) },
+    )
+    .await;
+    let kept = BTreeMap::from([(0, low)]);
+    assert_eq!(
+        span_count(&db).await as usize,
+        produced.total_spans() - produced.spans_below(&kept)
     );
 }

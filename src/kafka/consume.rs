@@ -112,8 +112,9 @@ pub fn consumer_config(
         // Incremental rebalances: a partition that stays with this instance keeps
         // its worker and its in-flight batch.
         ("partition.assignment.strategy", "cooperative-sticky".into()),
-        // Used only when a partition has no row in ingest_offsets, or when the stored
-        // offset is out of range. Earliest never skips data that Kafka still holds:
+        // Used only when a partition's start is out of range: offset 0 for a
+        // partition with no row in ingest_offsets (see start_offset), or the
+        // stored offset. Earliest never skips data that Kafka still holds:
         // below the log start the data is already gone (counted as a gap), and
         // re-reading is harmless because writes are idempotent.
         ("auto.offset.reset", "earliest".into()),
@@ -142,6 +143,19 @@ pub fn consumer_config(
     let mut config = kafka.client_config(&own);
     config.set_log_level(RDKafkaLogLevel::Warning);
     config
+}
+
+/// Where a partition starts: at the offset PostgreSQL holds, or at offset 0
+/// when it holds none.
+///
+/// Not librdkafka's logical beginning: a logical offset is looked up at the
+/// partition's leader, and while a fresh assignment's leader is not yet known
+/// librdkafka postpones that lookup by a fixed 500 ms, which a new group's
+/// first batches would all wait for. When retention has already deleted
+/// offset 0, the fetch is out of range and `auto.offset.reset` = `earliest`
+/// moves it to the log start, where the logical beginning is.
+pub fn start_offset(stored: Option<i64>) -> Offset {
+    Offset::Offset(stored.unwrap_or(0))
 }
 
 /// Creates the consumer; librdkafka's refusal of a setting names that setting.

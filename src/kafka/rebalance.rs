@@ -17,12 +17,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Class, Error};
 use crate::health::Health;
+use crate::kafka::consume;
 use crate::kafka::lag::Lag;
 use crate::metric;
 use crate::shutdown::Stopper;
@@ -101,7 +102,7 @@ impl Context {
         }
         let Ok(offsets) = answer.recv() else { return };
         for ((topic, partition), offset) in partitions.iter().zip(offsets) {
-            let start = offset.map_or(Offset::Beginning, Offset::Offset);
+            let start = consume::start_offset(offset);
             if let Err(e) = tpl.set_partition_offset(topic, *partition, start) {
                 tracing::error!(error = %e, topic, partition, "cannot set start offset");
             }

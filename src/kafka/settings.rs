@@ -89,6 +89,11 @@ const RESERVED: &[(&str, &[Client], &str)] = {
             "spansink assigns incrementally (cooperative-sticky)",
         ),
         (
+            "auto.offset.reset",
+            &[Consumer],
+            "a partition without a stored offset, or with one out of range, starts at the earliest message Kafka holds, so that none is skipped",
+        ),
+        (
             "enable.idempotence",
             &[DeadLetters, Loadgen],
             "the producer is idempotent, so that a retry never duplicates",
@@ -201,6 +206,9 @@ mod tests {
         assert!(settings(&["enable.auto.commit"])
             .check(Client::Loadgen)
             .is_ok());
+        assert!(settings(&["auto.offset.reset"])
+            .check(Client::Consumer)
+            .is_err());
         assert!(settings(&["acks"]).check(Client::DeadLetters).is_err());
         assert!(settings(&["acks"]).check(Client::Consumer).is_ok());
         assert!(settings(&["session.timeout.ms"])

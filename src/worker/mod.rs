@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -33,7 +33,7 @@ use crate::decode::{self, Limits};
 use crate::error::{Error, Reason};
 use crate::health::Health;
 use crate::kafka::commit::{self, Ownership};
-use crate::kafka::consume::Consumer;
+use crate::kafka::consume::{self, Consumer};
 use crate::kafka::lag::Lag;
 use crate::kafka::rebalance::{Context, TopicPartition};
 use crate::metric;
@@ -323,7 +323,7 @@ impl PartitionWorker {
                 .lag
                 .record_commit(&self.topic, self.partition, next, None);
         }
-        let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+        let offset = consume::start_offset(stored);
         let consumer = self.consumer.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
         let seek = blocking::run("seek", move || {
