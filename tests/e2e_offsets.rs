@@ -102,6 +102,31 @@ async fn a_partition_whose_start_was_deleted(bootstrap: &str) -> (Produced, i64)
     (produced, low)
 }
 
+/// Runs an instance of `group` over that partition until it has stored the
+/// partition's end, and checks that exactly the messages from the log start
+/// `low` on were written.
+async fn ingest_from_log_start(
+    db: &TestDb,
+    bootstrap: &str,
+    group: &str,
+    produced: &Produced,
+    low: i64,
+) -> Instance {
+    let instance = Instance::spawn(bootstrap, &db.url, group, &["--max-message-bytes=1048576"]);
+    wait_for(
+        "the partition reaches its end",
+        Duration::from_secs(60),
+        || async { stored_offsets(db, group, TOPIC).await.get(&0) == Some(&14) },
+    )
+    .await;
+    let kept = BTreeMap::from([(0, low)]);
+    assert_eq!(
+        span_count(db).await as usize,
+        produced.total_spans() - produced.spans_below(&kept)
+    );
+    instance
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_offsets_is_crossed_and_counted() {
     let db = TestDb::migrated().await;
@@ -112,18 +137,7 @@ async fn a_gap_in_the_offsets_is_crossed_and_counted() {
 
     let group = "g-gap";
     set_stored_offset(&db, group, 0, 0).await;
-    let instance = Instance::spawn(&bootstrap, &db.url, group, &["--max-message-bytes=1048576"]);
-    wait_for(
-        "the partition reaches its end",
-        Duration::from_secs(60),
-        || async { stored_offsets(&db, group, TOPIC).await.get(&0) == Some(&14) },
-    )
-    .await;
-    let kept = BTreeMap::from([(0, low)]);
-    assert_eq!(
-        span_count(&db).await as usize,
-        produced.total_spans() - produced.spans_below(&kept)
-    );
+    let instance = ingest_from_log_start(&db, &bootstrap, group, &produced, low).await;
     let metrics = instance.scrape().await;
     assert!(
         series(&samples(&metrics), "spansink_offset_gaps_total", &[]).any(|s| s.value != 0.0),
@@ -142,17 +156,5 @@ async fn a_new_group_starts_at_the_log_start_when_offset_0_is_gone() {
     let bootstrap = kafka.bootstrap_servers().to_string();
     let (produced, low) = a_partition_whose_start_was_deleted(&bootstrap).await;
 
-    let group = "g-new";
-    let _instance = Instance::spawn(&bootstrap, &db.url, group, &["--max-message-bytes=1048576"]);
-    wait_for(
-        "the partition reaches its end",
-        Duration::from_secs(60),
-        || async { stored_offsets(&db, group, TOPIC).await.get(&0) == Some(&14) },
-    )
-    .await;
-    let kept = BTreeMap::from([(0, low)]);
-    assert_eq!(
-        span_count(&db).await as usize,
-        produced.total_spans() - produced.spans_below(&kept)
-    );
+    let _instance = ingest_from_log_start(&db, &bootstrap, "g-new", &produced, low).await;
 }
