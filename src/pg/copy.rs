@@ -23,9 +23,10 @@ pub use encode::{CopyEncoder, Timestamptz};
 /// Encoded rows are handed to the connection in chunks of about this size.
 /// The connection's channel holds only a chunk or two, so a COPY needs a few
 /// times this much memory whatever the batch's size, rather than a buffer for
-/// the whole batch. 64 KiB is also far above the 4 KiB below which
-/// tokio-postgres copies what it is sent into a buffer of its own, so each
-/// chunk goes to the socket uncopied, after one await per chunk, not per row.
+/// the whole batch, and one await per chunk rather than per row. Whatever the
+/// size, the connection copies each chunk once more into its write buffer
+/// (tokio-postgres's codec has no way around that), so a larger chunk would
+/// save no copy, only hold more memory.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Fields of a row of `sql/copy_spans.sql` and `sql/spans_copy_direct.sql`.
