@@ -9,14 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use common::db::TestDb;
 use common::exposition::{samples, series};
-use common::kafka::{commit_offsets, produce, producer};
+use common::kafka::{commit_offsets, produce, producer, TOPIC};
 use common::spansink::{wait_for, Instance};
 use common::traffic::{generator, produce_traffic, span_count, stored_offsets, Produced};
 use prost::Message as _;
 use spansink::kafka::mock::MockKafka;
 use spansink::otlp::common::v1::{any_value, AnyValue, KeyValue};
-
-const TOPIC: &str = "otlp_spans";
 
 async fn set_stored_offset(db: &TestDb, group: &str, partition: i32, next: i64) {
     db.client()
@@ -33,9 +31,7 @@ async fn set_stored_offset(db: &TestDb, group: &str, partition: i32, next: i64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_resume_at_the_postgres_offset_whatever_kafka_committed() {
     let db = TestDb::migrated().await;
-    let kafka = MockKafka::start(3).expect("mock kafka");
-    kafka.create_topic(TOPIC, 2).expect("topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
+    let (_kafka, bootstrap) = common::kafka::cluster(2, false);
     let mut gen = generator(11, 5);
     let produced = produce_traffic(&bootstrap, TOPIC, 2, 20, &mut gen).await; // 10 per partition
 
@@ -61,11 +57,20 @@ async fn partitions_resume_at_the_postgres_offset_whatever_kafka_committed() {
     assert_eq!(span_count(&db).await as usize, expected);
 }
 
-/// One partition of 14 messages whose log no longer starts at offset 0: the
-/// mock keeps about 5 MiB per partition, and messages of ~512 KiB push the
-/// first ones out. Returns what was produced and the log start.
-async fn a_partition_whose_start_was_deleted(bootstrap: &str) -> (Produced, i64) {
-    let p = producer(bootstrap);
+/// A cluster whose one partition holds 14 messages and no longer starts at
+/// offset 0: the mock keeps about 5 MiB per partition, and messages of
+/// ~512 KiB push the first ones out.
+struct DeletedStart {
+    _kafka: MockKafka,
+    bootstrap: String,
+    produced: Produced,
+    /// The log start.
+    low: i64,
+}
+
+async fn a_partition_whose_start_was_deleted() -> DeletedStart {
+    let (kafka, bootstrap) = common::kafka::cluster(1, false);
+    let p = producer(&bootstrap);
     let mut gen = generator(12, 2);
     let mut produced = Produced::default();
     for _ in 0..14 {
@@ -93,52 +98,55 @@ async fn a_partition_whose_start_was_deleted(bootstrap: &str) -> (Produced, i64)
             .or_default()
             .push((offset, msg.span_count));
     }
-    let (low, high) = common::kafka::watermarks(bootstrap, TOPIC, 0);
+    let (low, high) = common::kafka::watermarks(&bootstrap, TOPIC, 0);
     assert!(
         low > 0,
         "the test needs a partition whose log no longer starts at 0"
     );
     assert_eq!(high, 14);
-    (produced, low)
+    DeletedStart {
+        _kafka: kafka,
+        bootstrap,
+        produced,
+        low,
+    }
 }
 
-/// Runs an instance of `group` over that partition until it has stored the
-/// partition's end, and checks that exactly the messages from the log start
-/// `low` on were written.
-async fn ingest_from_log_start(
-    db: &TestDb,
-    bootstrap: &str,
-    group: &str,
-    produced: &Produced,
-    low: i64,
-) -> Instance {
-    let instance = Instance::spawn(bootstrap, &db.url, group, &["--max-message-bytes=1048576"]);
-    let ends = produced.end_offsets();
-    wait_for(
-        "the partition reaches its end",
-        Duration::from_secs(60),
-        || async { stored_offsets(db, group, TOPIC).await == ends },
-    )
-    .await;
-    let kept = BTreeMap::from([(0, low)]);
-    assert_eq!(
-        span_count(db).await as usize,
-        produced.total_spans() - produced.spans_below(&kept)
-    );
-    instance
+impl DeletedStart {
+    /// Runs an instance of `group` over the partition until it has stored
+    /// the partition's end, and checks that exactly the messages from the
+    /// log start on were written.
+    async fn ingest_from_log_start(&self, db: &TestDb, group: &str) -> Instance {
+        let instance = Instance::spawn(
+            &self.bootstrap,
+            &db.url,
+            group,
+            &["--max-message-bytes=1048576"],
+        );
+        let ends = self.produced.end_offsets();
+        wait_for(
+            "the partition reaches its end",
+            Duration::from_secs(60),
+            || async { stored_offsets(db, group, TOPIC).await == ends },
+        )
+        .await;
+        let kept = BTreeMap::from([(0, self.low)]);
+        assert_eq!(
+            span_count(db).await as usize,
+            self.produced.total_spans() - self.produced.spans_below(&kept)
+        );
+        instance
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_offsets_is_crossed_and_counted() {
     let db = TestDb::migrated().await;
-    let kafka = MockKafka::start(1).expect("mock kafka");
-    kafka.create_topic(TOPIC, 1).expect("topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    let (produced, low) = a_partition_whose_start_was_deleted(&bootstrap).await;
+    let partition = a_partition_whose_start_was_deleted().await;
 
     let group = "g-gap";
     set_stored_offset(&db, group, 0, 0).await;
-    let instance = ingest_from_log_start(&db, &bootstrap, group, &produced, low).await;
+    let instance = partition.ingest_from_log_start(&db, group).await;
     let metrics = instance.scrape().await;
     assert!(
         series(&samples(&metrics), "spansink_offset_gaps_total", &[]).any(|s| s.value != 0.0),
@@ -152,10 +160,7 @@ async fn a_gap_in_the_offsets_is_crossed_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_starts_at_the_log_start_when_offset_0_is_gone() {
     let db = TestDb::migrated().await;
-    let kafka = MockKafka::start(1).expect("mock kafka");
-    kafka.create_topic(TOPIC, 1).expect("topic");
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    let (produced, low) = a_partition_whose_start_was_deleted(&bootstrap).await;
+    let partition = a_partition_whose_start_was_deleted().await;
 
-    let _instance = ingest_from_log_start(&db, &bootstrap, "g-new", &produced, low).await;
+    let _instance = partition.ingest_from_log_start(&db, "g-new").await;
 }
