@@ -61,7 +61,10 @@ pub struct MetricRow {
 
 /// The batch's buckets, in key order (the upsert's lock order).
 pub fn fold<'a>(spans: impl IntoIterator<Item = &'a SpanRow>) -> Vec<MetricRow> {
-    let mut by_key: HashMap<Key<'a>, MetricRow> = HashMap::new();
+    // The map holds positions, not rows: a bucket row is a few hundred bytes,
+    // and every time the map grows it moves what it holds.
+    let mut slots: HashMap<Key<'a>, usize> = HashMap::new();
+    let mut rows: Vec<MetricRow> = Vec::new();
     let no_service: Arc<str> = Arc::from("");
     for s in spans {
         let minute = s.start_unix_nano.div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE;
@@ -74,25 +77,28 @@ pub fn fold<'a>(spans: impl IntoIterator<Item = &'a SpanRow>) -> Vec<MetricRow> 
             s.kind,
             s.status_code,
         );
-        let m = by_key.entry(key).or_insert_with(|| MetricRow {
-            tenant_id: Arc::clone(&s.tenant_id),
-            minute_unix_nano: minute,
-            service_name: s.service_name.clone().unwrap_or_else(|| no_service.clone()),
-            span_name: s.name.clone(),
-            span_kind: s.kind,
-            status_code: s.status_code,
-            span_count: 0,
-            error_count: 0,
-            duration_sum_ns: 0,
-            latency_buckets: [0; BUCKETS],
+        let slot = *slots.entry(key).or_insert_with(|| {
+            rows.push(MetricRow {
+                tenant_id: Arc::clone(&s.tenant_id),
+                minute_unix_nano: minute,
+                service_name: s.service_name.clone().unwrap_or_else(|| no_service.clone()),
+                span_name: s.name.clone(),
+                span_kind: s.kind,
+                status_code: s.status_code,
+                span_count: 0,
+                error_count: 0,
+                duration_sum_ns: 0,
+                latency_buckets: [0; BUCKETS],
+            });
+            rows.len() - 1
         });
+        let m = &mut rows[slot];
         let duration = s.duration_ns();
         m.span_count += 1;
         m.error_count += i64::from(s.is_error());
         m.duration_sum_ns += i128::from(duration);
         m.latency_buckets[bucket(duration)] += 1;
     }
-    let mut rows: Vec<MetricRow> = by_key.into_values().collect();
     // The keys are the map's, so unique: an unstable sort orders them alike.
     rows.sort_unstable_by(|a, b| key_of(a).cmp(&key_of(b)));
     rows

@@ -143,6 +143,10 @@ pub struct PartitionWorker {
     /// When the turn began or the last message arrived, whichever is later.
     quiet_since: Instant,
     labels: [(&'static str, String); 2],
+    /// Counted for every message: registered once rather than looked up by
+    /// their labels each time.
+    consumed: metrics::Counter,
+    consumed_bytes: metrics::Counter,
 }
 
 impl PartitionWorker {
@@ -151,6 +155,8 @@ impl PartitionWorker {
             ("topic", assigned.topic.clone()),
             ("partition", assigned.partition.to_string()),
         ];
+        let consumed = metrics::counter!(metric::MESSAGES_CONSUMED, &labels);
+        let consumed_bytes = metrics::counter!(metric::BYTES_CONSUMED, &labels);
         PartitionWorker {
             shared,
             consumer: assigned.consumer,
@@ -168,6 +174,8 @@ impl PartitionWorker {
             slot_since: Instant::now(),
             quiet_since: Instant::now(),
             labels,
+            consumed,
+            consumed_bytes,
         }
     }
 

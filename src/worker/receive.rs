@@ -85,8 +85,8 @@ impl PartitionWorker {
     pub(super) fn admit(&self, msg: &BorrowedMessage<'_>) -> Option<Received> {
         let offset = msg.offset();
         let payload = msg.payload().unwrap_or_default();
-        metrics::counter!(metric::MESSAGES_CONSUMED, &self.labels).increment(1);
-        metrics::counter!(metric::BYTES_CONSUMED, &self.labels).increment(payload.len() as u64);
+        self.consumed.increment(1);
+        self.consumed_bytes.increment(payload.len() as u64);
         if let Some(expected) = self.expected {
             if offset < expected {
                 metrics::counter!(metric::MESSAGES_BELOW_STORED_OFFSET, &self.labels).increment(1);
