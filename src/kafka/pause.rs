@@ -1,18 +1,32 @@
-//! Freeing what a paused partition had prefetched.
+//! What librdkafka leaves undone when a partition is paused or resumed.
 //!
-//! librdkafka marks a partition's queued messages stale when it is paused,
-//! but its purge stops at the barrier the pause puts at the head of the
-//! queue, so the messages, and the whole decompressed record batches they
-//! point into, stay in memory until the queue is next polled. A partition
-//! waiting for its fetch turn would hold its prefetch outside the budget: with
-//! 1024 partitions taking turns that came to 360 MB. A poll drops stale
-//! messages without returning them.
+//! Pausing: librdkafka marks a partition's queued messages stale, but its
+//! purge stops at the barrier the pause puts at the head of the queue, so the
+//! messages, and the whole decompressed record batches they point into, stay
+//! in memory until the queue is next polled. A partition waiting for its fetch
+//! turn would hold its prefetch outside the budget: with 1024 partitions
+//! taking turns that came to 360 MB. A poll drops stale messages without
+//! returning them.
+//!
+//! Resuming: librdkafka applies a resume on its main thread and does not wake
+//! the thread that fetches from the partition's leader. With nothing to fetch,
+//! that thread sleeps up to a second between looks (`rd_kafka_max_block_ms`
+//! in `rdkafka_broker.c`). So a partition resumed while every other partition
+//! on its leader is paused, as all are just after an assignment, can get
+//! nothing for up to a second. Any request to the leader wakes its thread,
+//! which then sees the resume.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
+
+/// How long a wake-up request may wait for its answer, which nobody reads.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Polls a paused partition's queue once, without waiting, so that librdkafka
 /// frees what the pause made stale. Whatever it returns was not stale: it is
@@ -22,6 +36,22 @@ pub fn drop_stale<C: ConsumerContext>(
     queue: &StreamPartitionQueue<C>,
 ) -> Option<KafkaResult<BorrowedMessage<'_>>> {
     queue.stream().next().now_or_never().flatten()
+}
+
+/// Wakes the thread that fetches a resumed partition from its leader, so that
+/// it fetches now rather than within the second. Asks the leader for the
+/// partition's watermarks (the smallest request that goes to it), on a
+/// blocking thread, and does not wait for the answer.
+pub fn wake_fetcher<C: ConsumerContext + 'static>(
+    consumer: &Arc<StreamConsumer<C>>,
+    topic: &str,
+    partition: i32,
+) {
+    let (consumer, topic) = (Arc::clone(consumer), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        // Failure is harmless: the thread wakes by itself within the second.
+        let _ = consumer.fetch_watermarks(&topic, partition, WAKE_TIMEOUT);
+    });
 }
 
 #[cfg(test)]
@@ -141,5 +171,71 @@ mod tests {
         let next = queue.recv().await.expect("a message").offset();
         assert_eq!(next, first + 1, "resumed right after what was delivered");
         poll.abort();
+    }
+
+    /// Assigned and paused at once, as the rebalance callback does, then
+    /// resumed 100 ms later: librdkafka's fetcher thread, having found the
+    /// partition paused, sleeps out its second unless something wakes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_resumed_while_its_fetcher_sleeps_fetches_at_once_when_woken() {
+        let kafka = MockKafka::start(1).expect("mock cluster");
+        kafka.create_topic("t", 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for i in 0..10 {
+            let key = i.to_string();
+            producer
+                .send(BaseRecord::to("t").partition(0).key(&key).payload("x"))
+                .map_err(|(e, _)| e)
+                .expect("queued");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+
+        // Assigned, not subscribed: no heartbeat wakes the fetcher.
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", kafka.bootstrap_servers())
+                .set("group.id", "g")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer"),
+        );
+        let queue = consumer
+            .split_partition_queue("t", 0)
+            .expect("partition queue");
+        // Connected, and the partition's leader known, before the assignment.
+        let c = Arc::clone(&consumer);
+        tokio::task::spawn_blocking(move || c.fetch_watermarks("t", 0, Duration::from_secs(10)))
+            .await
+            .expect("joined")
+            .expect("watermarks");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Offset(0))
+            .expect("offset");
+        consumer.assign(&tpl).expect("assigned");
+        consumer.pause(&tpl).expect("paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            drop_stale(&queue).is_none(),
+            "nothing is delivered while paused"
+        );
+
+        consumer.resume(&tpl).expect("resumed");
+        let resumed = Instant::now();
+        wake_fetcher(&consumer, "t", 0);
+        let first = tokio::time::timeout(Duration::from_secs(5), queue.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("a message");
+        let waited = resumed.elapsed();
+        assert_eq!(first.offset(), 0);
+        assert!(
+            waited < Duration::from_millis(250),
+            "the first message came {waited:?} after the resume"
+        );
     }
 }

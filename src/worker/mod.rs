@@ -69,6 +69,12 @@ const IDLE_TURN: Duration = Duration::from_millis(50);
 /// (`fetch.wait.max.ms`) and a slow round trip.
 const FETCH_TURN: Duration = Duration::from_secs(1);
 
+/// How long a resumed partition that has messages left to fetch waits for
+/// its first one before it wakes librdkafka's fetcher
+/// ([`crate::kafka::pause::wake_fetcher`]): past the default long poll (100
+/// ms) of a fetch already in flight and a local round trip.
+const WAKE_AFTER: Duration = Duration::from_millis(150);
+
 /// How a worker decodes and batches.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -142,6 +148,8 @@ pub struct PartitionWorker {
     slot_since: Instant,
     /// When the turn began or the last message arrived, whichever is later.
     quiet_since: Instant,
+    /// Whether this turn has woken librdkafka's fetcher already.
+    woken: bool,
     labels: [(&'static str, String); 2],
     /// Counted for every message: registered once rather than looked up by
     /// their labels each time.
@@ -173,6 +181,7 @@ impl PartitionWorker {
             slot: None,
             slot_since: Instant::now(),
             quiet_since: Instant::now(),
+            woken: false,
             labels,
             consumed,
             consumed_bytes,
@@ -238,6 +247,7 @@ impl PartitionWorker {
             self.slot = Some(slot);
             self.slot_since = Instant::now();
             self.quiet_since = self.slot_since;
+            self.woken = false;
         }
         self.set_paused(false);
         true
@@ -269,6 +279,24 @@ impl PartitionWorker {
         if quiet >= FETCH_TURN || !self.shared.lag.lagging(&self.topic, self.partition) {
             self.end_turn_if_others_wait(Duration::ZERO);
         }
+    }
+
+    /// Once a turn, a partition that has received nothing since it resumed,
+    /// though it has messages left to fetch, wakes librdkafka's fetcher,
+    /// which may otherwise sleep through the first second of the turn.
+    fn wake_fetcher_if_stalled(&mut self) {
+        let nothing_yet = self.quiet_since == self.slot_since;
+        if self.woken
+            || self.slot.is_none()
+            || !nothing_yet
+            || self.slot_since.elapsed() < WAKE_AFTER
+            || !self.shared.lag.lagging(&self.topic, self.partition)
+        {
+            return;
+        }
+        self.woken = true;
+        tracing::debug!(topic = %self.topic, partition = self.partition, "nothing fetched since the partition resumed; waking the fetcher");
+        crate::kafka::pause::wake_fetcher(&self.consumer, &self.topic, self.partition);
     }
 
     fn set_paused(&mut self, paused: bool) {

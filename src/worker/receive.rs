@@ -33,6 +33,7 @@ impl PartitionWorker {
                             break;
                         }
                     } else {
+                        self.wake_fetcher_if_stalled();
                         self.end_idle_turn_if_others_wait();
                         // A message carried out of a pause goes first, in
                         // the next batch.

@@ -15,7 +15,11 @@ use crate::error::{Error, Result};
 use crate::loadgen::{Generator, TenantMix, TrafficSpec};
 
 /// How much of a partition may be produced and not yet stored in PostgreSQL,
-/// when the broker keeps only about 5 MiB per partition.
+/// when the broker keeps only 5 MiB per partition. librdkafka's mock cluster
+/// drops a partition's oldest message sets whole, and the producer's sets
+/// reach `batch.size` (1 MB by default), so the set holding the first
+/// unstored message may hold up to 1 MB already stored: 3 MiB leaves room
+/// for it and the records' framing.
 const UNSTORED_WINDOW: u64 = 3 << 20;
 
 /// One message, encoded.
