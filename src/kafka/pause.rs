@@ -107,8 +107,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_paused_partition_frees_its_prefetch_when_polled_and_resumes_where_it_was() {
+    /// A mock cluster whose topic `t` has one partition holding `count`
+    /// messages of `payload`, in lz4 record batches.
+    fn topic_with(count: usize, payload: &[u8]) -> MockKafka {
         let kafka = MockKafka::start(1).expect("mock cluster");
         kafka.create_topic("t", 1).expect("topic");
         let producer: BaseProducer = ClientConfig::new()
@@ -116,15 +117,20 @@ mod tests {
             .set("compression.type", "lz4")
             .create()
             .expect("producer");
-        let payload = vec![b'x'; 1000];
-        for i in 0..200 {
+        for i in 0..count {
             let key = i.to_string();
             producer
-                .send(BaseRecord::to("t").partition(0).key(&key).payload(&payload))
+                .send(BaseRecord::to("t").partition(0).key(&key).payload(payload))
                 .map_err(|(e, _)| e)
                 .expect("queued");
         }
         producer.flush(Duration::from_secs(10)).expect("flushed");
+        kafka
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_partition_frees_its_prefetch_when_polled_and_resumes_where_it_was() {
+        let kafka = topic_with(200, &[b'x'; 1000]);
 
         let queued = Queued::default();
         let consumer: Arc<StreamConsumer<Queued>> = Arc::new(
@@ -178,20 +184,7 @@ mod tests {
     /// partition paused, sleeps out its second unless something wakes it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partition_resumed_while_its_fetcher_sleeps_fetches_at_once_when_woken() {
-        let kafka = MockKafka::start(1).expect("mock cluster");
-        kafka.create_topic("t", 1).expect("topic");
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka.bootstrap_servers())
-            .create()
-            .expect("producer");
-        for i in 0..10 {
-            let key = i.to_string();
-            producer
-                .send(BaseRecord::to("t").partition(0).key(&key).payload("x"))
-                .map_err(|(e, _)| e)
-                .expect("queued");
-        }
-        producer.flush(Duration::from_secs(10)).expect("flushed");
+        let kafka = topic_with(10, b"x");
 
         // Assigned, not subscribed: no heartbeat wakes the fetcher.
         let consumer: Arc<StreamConsumer> = Arc::new(
