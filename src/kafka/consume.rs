@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
@@ -141,7 +141,7 @@ pub fn consumer_config(
         ("topic.metadata.refresh.interval.ms", "10000".into()),
     ];
     let mut config = kafka.client_config(&own);
-    config.set_log_level(RDKafkaLogLevel::Warning);
+    config.set_log_level(kafka.log_level());
     config
 }
 

@@ -2,7 +2,7 @@
 //! operator's librdkafka settings (`--kafka key=value`), and the one table of
 //! settings spansink owns for each kind of client.
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 use crate::error::{Error, Result};
 
@@ -167,6 +167,22 @@ impl Settings {
         }
         config
     }
+
+    /// How much of librdkafka's own log a long-lived client passes on:
+    /// warnings and errors, and its debug lines too once the operator asks for
+    /// them with `--kafka debug=…`, which they would not see otherwise (the
+    /// `--log` filter still applies, as `librdkafka=debug`).
+    pub fn log_level(&self) -> RDKafkaLogLevel {
+        let debugging = self
+            .overrides
+            .iter()
+            .any(|s| s.key == "debug" && !s.value.trim().is_empty());
+        if debugging {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        }
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +200,18 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn librdkafka_logs_debug_lines_only_when_the_operator_asks_for_them() {
+        let debug = |s: Settings| matches!(s.log_level(), RDKafkaLogLevel::Debug);
+        let warning = |s: Settings| matches!(s.log_level(), RDKafkaLogLevel::Warning);
+        assert!(warning(settings(&[])));
+        assert!(warning(settings(&["session.timeout.ms"])));
+        assert!(debug(settings(&["debug"])));
+        let mut empty = settings(&["debug"]);
+        empty.overrides[0].value = " ".into();
+        assert!(warning(empty));
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn producer_config(config: &DlqConfig) -> Result<ClientConfig> {
         ("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES.into()),
     ];
     let mut c = config.client.client_config(&own);
-    c.set_log_level(RDKafkaLogLevel::Warning);
+    c.set_log_level(config.client.log_level());
     Ok(c)
 }
 
