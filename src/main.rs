@@ -10,7 +10,23 @@ use spansink::error::{Class, Error};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks the kernel for transparent huge pages on its arenas, and
+/// where the kernel grants them on request (THP `madvise`, a common default)
+/// a 2 MiB page is resident whole once any byte of it is touched, and stays
+/// so after mimalloc gives most of it back. Under a 10M-span backlog that
+/// was a fifth of peak RSS, outside anything the memory budget can count
+/// (BENCHMARKS.md, "A tenth machine"). The setting is the process's, so it
+/// also covers librdkafka's allocations and holds on a THP `always` kernel.
+fn keep_pages_small() {
+    // Refused only by kernels older than 3.15: memory is then as it was
+    // before, which is no reason not to start.
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("spansink: cannot turn transparent huge pages off: {e}");
+    }
+}
+
 fn main() -> ExitCode {
+    keep_pages_small();
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Demo(_) => "warn",

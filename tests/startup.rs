@@ -3,6 +3,7 @@
 //! A newcomer's first mistakes (no such database, a wrong password or role, a
 //! port where nothing listens, a broker that does not answer, a topic that
 //! does not exist) each say what is wrong and which setting to look at.
+//! And the process keeps its memory in small pages.
 
 mod common;
 
@@ -307,4 +308,31 @@ async fn a_spool_directory_belongs_to_one_process_at_a_time() {
         .expect("spool list");
     assert!(list.status.success());
     drop(first);
+}
+
+/// Huge pages would hold 2 MiB resident for every page mimalloc touches and
+/// partly gives back: the process turns them off for itself, whatever the
+/// kernel's default.
+#[test]
+fn the_process_runs_without_transparent_huge_pages() {
+    let mut broker = Command::new(common::spansink::binary())
+        .args(["mock-broker", "--topic", "t", "--partitions", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mock-broker");
+    // It prints its address once it is up, long after main's first line.
+    let mut line = String::new();
+    let stdout = broker.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("read the broker's address");
+    assert!(line.starts_with("bootstrap="), "{line:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.id()));
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let status = status.expect("the process's status");
+    let thp = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("a kernel that reports THP_enabled");
+    assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
 }
