@@ -317,9 +317,13 @@ async fn a_spool_directory_belongs_to_one_process_at_a_time() {
 fn the_process_runs_without_transparent_huge_pages() {
     let mut broker = Command::new(common::spansink::binary())
         .args(["mock-broker", "--topic", "t", "--partitions", "1"])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn mock-broker");
+    // It serves until its standard input closes: held open until its status
+    // is read, as an exited process no longer reports THP_enabled.
+    let stdin = broker.stdin.take().expect("stdin");
     // It prints its address once it is up, long after main's first line.
     let mut line = String::new();
     let stdout = broker.stdout.take().expect("stdout");
@@ -327,6 +331,7 @@ fn the_process_runs_without_transparent_huge_pages() {
         .expect("read the broker's address");
     assert!(line.starts_with("bootstrap="), "{line:?}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", broker.id()));
+    drop(stdin);
     let _ = broker.kill();
     let _ = broker.wait();
     let status = status.expect("the process's status");
