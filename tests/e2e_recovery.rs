@@ -366,6 +366,121 @@ async fn a_backlog_under_a_tight_memory_budget_is_stored_whole_within_the_budget
     );
 }
 
+/// Under a backlog nearly every batch is closed by the budget, and the message
+/// that did not fit is carried into the next batch. The turn at the fetch slot
+/// must still pass: otherwise a partition keeps its slot until its whole
+/// backlog is stored, and the partitions behind it wait for all of it (under
+/// a load that never lets up, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_take_turns_at_the_fetch_slot_while_every_batch_carries_a_message() {
+    let db = TestDb::migrated().await;
+    // Every batch takes at least a quarter of a second, so each partition's
+    // backlog takes longer than a turn (2 s) to store.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION slow_batch() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.25); RETURN NULL; END $$; \
+             CREATE TRIGGER slow_batch AFTER INSERT ON spans \
+             FOR EACH STATEMENT EXECUTE FUNCTION slow_batch();",
+        )
+        .await
+        .expect("a slow spans table");
+    let (_kafka, bootstrap) = cluster(2);
+    let mut gen = generator(11, 20);
+    let produced = produce_traffic(&bootstrap, TOPIC, 2, 400, &mut gen).await;
+    let ends = produced.end_offsets();
+    // One fetch slot, and batches that only the budget closes: no size,
+    // count or linger limit is reached before it runs out.
+    let _instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-turns",
+        &[
+            "--max-inflight-bytes=1048576",
+            "--batch-max-bytes=524288",
+            "--batch-max-messages=100000",
+            "--batch-linger=60s",
+        ],
+    );
+    // The stored offsets when the first partition has stored all it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let stored = loop {
+        let stored = stored_offsets(&db, "g-turns", TOPIC).await;
+        if ends.iter().any(|(p, end)| stored.get(p) == Some(end)) {
+            break stored;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partition's backlog was stored in time: {stored:?} of {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for p in ends.keys() {
+        assert!(
+            stored.get(p).is_some_and(|o| *o > 0),
+            "partition {p} stored nothing while the other stored its whole backlog: {stored:?} of {ends:?}"
+        );
+    }
+    wait_stored(
+        &db,
+        "g-turns",
+        produced.total_spans(),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_traces_exact(&db).await;
+    assert_eq!(stored_offsets(&db, "g-turns", TOPIC).await, ends);
+}
+
+/// A partition that has stored all its broker holds passes its fetch turn on
+/// at once when others wait, though no statistics have told spansink where
+/// the partition ends: its own fetches did. Waiting instead for more to
+/// arrive (a second, in case a fetch is on its way) made each turn of a
+/// short backlog last a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_at_its_end_passes_its_turn_on_without_waiting_for_statistics() {
+    const PARTITIONS: i32 = 12;
+    let db = TestDb::migrated().await;
+    let (_kafka, bootstrap) = cluster(PARTITIONS);
+    let mut gen = generator(12, 10);
+    let produced = produce_traffic(&bootstrap, TOPIC, PARTITIONS, 24, &mut gen).await;
+    let ends = produced.end_offsets();
+    // One fetch slot, and no statistics within the test.
+    let _instance = Instance::spawn(
+        &bootstrap,
+        &db.url,
+        "g-ends",
+        &[
+            "--max-inflight-bytes=1048576",
+            "--batch-max-bytes=262144",
+            "--kafka=statistics.interval.ms=600000",
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut first = None;
+    let took = loop {
+        let stored = stored_offsets(&db, "g-ends", TOPIC).await;
+        let now = std::time::Instant::now();
+        if !stored.is_empty() && first.is_none() {
+            first = Some(now);
+        }
+        if stored == ends {
+            break now - first.unwrap_or(now);
+        }
+        assert!(now < deadline, "not stored in time: {stored:?} of {ends:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Twelve turns, one after the other: each a resume, a fetch and a small
+    // batch, then 50 ms with nothing more. Holding each turn a second after
+    // its batch would take more than eleven seconds.
+    assert!(
+        took < Duration::from_secs(6),
+        "{PARTITIONS} partitions took {took:?} to store two messages each, one fetch slot between them"
+    );
+    assert_traces_exact(&db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_timestamps_at_the_extremes_are_stored_and_keep_the_gauges_sane() {
     use rdkafka::message::{Header, OwnedHeaders};

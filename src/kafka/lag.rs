@@ -34,6 +34,30 @@ const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// partition counts as stuck, unless configured.
 pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 
+/// The partition's high watermark as the last fetch response from its leader
+/// gave it, which librdkafka keeps: no request goes to the broker. `None`
+/// before the partition's first fetch. The safe wrapper has only the query
+/// that asks the broker ([`rdkafka::consumer::Consumer::fetch_watermarks`]).
+pub fn fetched_end(consumer: &Consumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the handle is owned by `consumer`, which outlives the call. The
+    // call reads the NUL-terminated topic name, which lives until the end of
+    // this function, and writes the two offsets through pointers to locals;
+    // it takes the partition's lock itself, so any thread may call it.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct PartitionLag {
     /// The partition's end: its last stable or high watermark offset.
@@ -218,6 +242,22 @@ impl Lag {
                 _ = asked => {}
             }
         }
+    }
+
+    /// Learns the partition's end from what librdkafka kept of its last fetch
+    /// response ([`fetched_end`]), then says whether it is lagging.
+    ///
+    /// Statistics come every few seconds and list a partition's end only once
+    /// it has been fetched before they were taken, and the watermark query
+    /// runs less often still. A partition that takes turns at fetching is
+    /// mostly fetched between them, and one whose end is not known counts as
+    /// lagging: after storing all it has, it would keep its turn for a second
+    /// waiting for more, while others wait for the slot.
+    pub fn lagging_as_fetched(&self, consumer: &Consumer, topic: &str, partition: i32) -> bool {
+        if let Some(end) = fetched_end(consumer, topic, partition) {
+            self.set_end(topic, partition, end);
+        }
+        self.lagging(topic, partition)
     }
 
     /// Sets the lag gauges of every tracked partition.

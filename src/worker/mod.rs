@@ -216,7 +216,7 @@ impl PartitionWorker {
                 if let Flow::Stop = flow {
                     break;
                 }
-                self.end_turn_if_others_wait(SLOT_TURN);
+                self.end_turn_if_others_wait(SLOT_TURN).await;
             }
             if self.stop.is_cancelled() {
                 break;
@@ -256,28 +256,69 @@ impl PartitionWorker {
     /// Gives the fetch slot up, pausing, when another partition waits for one
     /// and this one has had it for `turn`: slots go round, so every partition
     /// fetches however many there are. The next [`Self::fetch`] queues again.
-    fn end_turn_if_others_wait(&mut self, turn: Duration) {
-        // A carried message was taken from librdkafka's queue: it stays this
-        // partition's, with its turn, until it is in a batch.
-        if self.slot.is_some()
-            && self.carry.is_none()
-            && self.slot_since.elapsed() >= turn
-            && self.shared.fetch_slots.contended()
+    ///
+    /// Under a backlog nearly every batch is closed by the budget, with the
+    /// message that did not fit carried into the next one. That message is
+    /// handed back to librdkafka ([`Self::hand_back_carry`]) rather than
+    /// waited out: a turn that ended only after a batch with nothing carried
+    /// would last until the partition ran dry, and the partitions behind it
+    /// would wait for the whole backlog of those ahead.
+    async fn end_turn_if_others_wait(&mut self, turn: Duration) {
+        if self.slot.is_none()
+            || self.slot_since.elapsed() < turn
+            || !self.shared.fetch_slots.contended()
         {
-            self.set_paused(true);
+            return;
+        }
+        self.set_paused(true);
+        if self.carry.is_some() {
+            self.hand_back_carry().await;
+        }
+    }
+
+    /// Seeks the paused partition back to its carried message, which is then
+    /// fetched again in its next turn, so that a partition waiting for a turn
+    /// holds nothing outside the budget. The pause comes first: it moves
+    /// librdkafka's next fetch to just past the carried message, and the seek
+    /// then moves it back. If the seek fails, the message stays in hand and
+    /// goes first in the next batch, as one carried out of a pause does.
+    async fn hand_back_carry(&mut self) {
+        let Some(offset) = self.carry.as_ref().map(|c| c.offset) else {
+            return;
+        };
+        let consumer = self.consumer.clone();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let seek = blocking::run("seek back to the carried message", move || {
+            Ok(consumer.seek(
+                &topic,
+                partition,
+                rdkafka::Offset::Offset(offset),
+                Duration::from_secs(10),
+            )?)
+        })
+        .await;
+        match seek {
+            Ok(()) => {
+                self.carry = None;
+                // The seek made what was prefetched stale; free it now.
+                self.drop_stale_prefetch();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, offset, "cannot hand the carried message back; it waits in hand");
+            }
         }
     }
 
     /// With nothing in hand and nothing received for a while, the turn goes
     /// to a waiting partition: soon when this one has nothing left to fetch,
     /// later when a fetch may still be on its way.
-    fn end_idle_turn_if_others_wait(&mut self) {
+    async fn end_idle_turn_if_others_wait(&mut self) {
         let quiet = self.quiet_since.elapsed();
         if quiet < IDLE_TURN || !self.shared.fetch_slots.contended() {
             return;
         }
-        if quiet >= FETCH_TURN || !self.shared.lag.lagging(&self.topic, self.partition) {
-            self.end_turn_if_others_wait(Duration::ZERO);
+        if quiet >= FETCH_TURN || !self.lagging() {
+            self.end_turn_if_others_wait(Duration::ZERO).await;
         }
     }
 
@@ -290,13 +331,21 @@ impl PartitionWorker {
             || self.slot.is_none()
             || !nothing_yet
             || self.slot_since.elapsed() < WAKE_AFTER
-            || !self.shared.lag.lagging(&self.topic, self.partition)
+            || !self.lagging()
         {
             return;
         }
         self.woken = true;
         tracing::debug!(topic = %self.topic, partition = self.partition, "nothing fetched since the partition resumed; waking the fetcher");
         crate::kafka::pause::wake_fetcher(&self.consumer, &self.topic, self.partition);
+    }
+
+    /// Whether the partition has messages beyond what PostgreSQL holds, as far
+    /// as its last fetch knows.
+    fn lagging(&self) -> bool {
+        self.shared
+            .lag
+            .lagging_as_fetched(&self.consumer, &self.topic, self.partition)
     }
 
     fn set_paused(&mut self, paused: bool) {

@@ -34,7 +34,7 @@ impl PartitionWorker {
                         }
                     } else {
                         self.wake_fetcher_if_stalled();
-                        self.end_idle_turn_if_others_wait();
+                        self.end_idle_turn_if_others_wait().await;
                         // A message carried out of a pause goes first, in
                         // the next batch.
                         if !self.fetch().await || self.carry.is_some() {
