@@ -1,10 +1,11 @@
 //! Consumer lag per partition, in messages and in seconds, and partitions
 //! whose fetching is stuck.
 //!
-//! Messages: the partition's end (the larger of the last stable offset in
-//! librdkafka's statistics and the high watermark asked of the broker every
-//! few seconds, which stays truthful while fetches fail) minus the offset
-//! PostgreSQL holds.
+//! Messages: the partition's end (the largest of the last stable offset in
+//! librdkafka's statistics, the high watermark of the partition's last fetch
+//! response, and the high watermark asked of the broker every few seconds,
+//! which stays truthful while fetches fail) minus the offset PostgreSQL
+//! holds.
 //! Seconds: the age of the oldest message not yet committed. It stays truthful
 //! when nothing is in flight (breaker open, spool full, fetching paused): then it
 //! is the age of the last committed message, which only grows, for as long as
