@@ -286,18 +286,7 @@ impl PartitionWorker {
         let Some(offset) = self.carry.as_ref().map(|c| c.offset) else {
             return;
         };
-        let consumer = self.consumer.clone();
-        let (topic, partition) = (self.topic.clone(), self.partition);
-        let seek = blocking::run("seek back to the carried message", move || {
-            Ok(consumer.seek(
-                &topic,
-                partition,
-                rdkafka::Offset::Offset(offset),
-                Duration::from_secs(10),
-            )?)
-        })
-        .await;
-        match seek {
+        match self.seek(rdkafka::Offset::Offset(offset)).await {
             Ok(()) => {
                 self.carry = None;
                 // The seek made what was prefetched stale; free it now.
@@ -408,14 +397,7 @@ impl PartitionWorker {
                 .lag
                 .record_commit(&self.topic, self.partition, next, None);
         }
-        let offset = consume::start_offset(stored);
-        let consumer = self.consumer.clone();
-        let (topic, partition) = (self.topic.clone(), self.partition);
-        let seek = blocking::run("seek", move || {
-            Ok(consumer.seek(&topic, partition, offset, Duration::from_secs(10))?)
-        })
-        .await;
-        match seek {
+        match self.seek(consume::start_offset(stored)).await {
             Ok(()) => Flow::Continue,
             Err(e) => {
                 tracing::error!(error = %e, "cannot rewind to the stored offset");
@@ -423,6 +405,17 @@ impl PartitionWorker {
                     .await
             }
         }
+    }
+
+    /// Moves librdkafka's next fetch of this partition to `offset`, on a
+    /// blocking thread: the call waits for librdkafka's answer.
+    async fn seek(&self, offset: rdkafka::Offset) -> crate::error::Result<()> {
+        let consumer = self.consumer.clone();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        blocking::run("seek", move || {
+            Ok(consumer.seek(&topic, partition, offset, Duration::from_secs(10))?)
+        })
+        .await
     }
 
     /// The worker cannot go on without skipping: the partition stops, loudly,
